@@ -1,0 +1,270 @@
+"""``stpm-bench``: latency/throughput of exported STPM models on every backend, one report.
+
+Example::
+
+    stpm-bench model_fp32.onnx model_int8.onnx --backend ort-cpu --batch 1,4 --threads 1,2 \\
+        --matmul-roofline --torch-baseline best.ckpt --e2e --profile --out reports/cpu
+
+Writes ``OUT/report.json`` (schema in benchmarks/README.md), ``OUT/report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stpm_edge.benchmarks import environment, flops, report
+from stpm_edge.benchmarks.runner import (
+    Job,
+    LoopPolicy,
+    add_compute_metrics,
+    load_images,
+    run_job,
+    run_job_isolated,
+)
+
+from stpm_edge.errors import ConfigError, StpmEdgeError, note
+
+logger = logging.getLogger("stpm_edge.benchmarks")
+
+BACKEND_CHOICES = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(
+            note(f"{flag} {text!r} is invalid", "expected positive integers, e.g. 1,4,8")
+        )
+    return values
+
+
+def _backends(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in BACKEND_CHOICES]
+    if bad or not values:
+        raise ConfigError(note(f"--backend {text!r} is invalid", f"choose from {BACKEND_CHOICES}"))
+    return values
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(
+            note(f"--frame-size {text!r} is invalid", "expected WxH, e.g. 640x480")
+        ) from None
+    return width, height
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stpm-bench",
+        description="Time exported STPM models (ONNX or TensorRT engines) on each backend, batch "
+        "size and thread count, host to host, and write report.json/report.md/PNGs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model.onnx or model.engine files")
+    p.add_argument("--backend", default="auto", help=f"comma list of {', '.join(BACKEND_CHOICES)}")
+    p.add_argument("--batch", default="1", help="comma list of batch sizes, e.g. 1,4,8,16")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="comma list of CPU thread counts for ONNX Runtime; None = its own default",
+    )
+    p.add_argument("--warmup", type=int, default=10, help="untimed iterations per configuration")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument(
+        "--iters",
+        type=int,
+        default=None,
+        help="exact timed iterations; None (and no --seconds) = 200 iterations or 10 s, "
+        "whichever comes first, at least 10",
+    )
+    stop.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="time budget per configuration in seconds (at least 10 iterations); None = "
+        "see --iters",
+    )
+    p.add_argument(
+        "--e2e",
+        action="store_true",
+        help="also time JPEG decode + pre/post-processing through the Detector",
+    )
+    p.add_argument("--frame-size", default="640x480", help="WxH of the synthetic --e2e frames")
+    p.add_argument(
+        "--images", default=None, help="folder of real images to feed; None = random frames"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile ONNX Runtime per operator (extra run) and add top-N tables",
+    )
+    p.add_argument("--profile-iters", type=int, default=20, help="iterations of the profiled run")
+    p.add_argument("--profile-top", type=int, default=10, help="rows per profile table")
+    p.add_argument(
+        "--torch-baseline",
+        default=None,
+        metavar="CKPT",
+        help="also time the PyTorch eager model of this checkpoint (ratios in report)",
+    )
+    p.add_argument(
+        "--matmul-roofline",
+        action="store_true",
+        help="measure float32 numpy matmul GFLOP/s as the practical CPU roofline",
+    )
+    p.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul")
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run each configuration in a fresh process (per-configuration peak RSS)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder; None = bench-<name>-<UTC time> in the current folder",
+    )
+    p.add_argument("--name", default=None, help="machine name in the report; None = the hostname")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random input frames")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _policy(args: argparse.Namespace) -> LoopPolicy:
+    if args.warmup < 0 or (args.iters is not None and args.iters < 1):
+        raise ConfigError(
+            note("--warmup/--iters are invalid", "expected --warmup >= 0, --iters >= 1")
+        )
+    if args.seconds is not None and args.seconds <= 0:
+        raise ConfigError(note(f"--seconds {args.seconds} is invalid", "expected > 0"))
+    return LoopPolicy(warmup=args.warmup, iters=args.iters, seconds=args.seconds)
+
+
+def _roofline(args: argparse.Namespace, env: dict[str, Any], threads: list[int | None]) -> dict:
+    cpu = env["cpu"]
+    usable = cpu.get("usable_cpus") or 1
+    roof: dict[str, Any] = {"usable_cpus": usable, "matmul": None,
+                            "theoretical": flops.theoretical_peak(cpu)}  # fmt: skip
+    if args.matmul_roofline:
+        counts = sorted({t or usable for t in threads})
+        by = {str(t): flops.matmul_gflops(args.matmul_size, reps=3, threads=t) for t in counts}
+        roof["matmul"] = {"n": args.matmul_size, "reps": 3, "dtype": "float32",
+                          "gflops_by_threads": by, "gflops": max(by.values())}  # fmt: skip
+        logger.info("matmul roofline: %s GFLOP/s", by)
+    return roof
+
+
+def _flops_of(model: str) -> dict[str, Any] | None:
+    if not model.endswith(".onnx"):
+        return None  # an engine has no graph to count: its sibling .onnx can be benchmarked
+    try:
+        count = flops.count_flops(model)
+    except Exception as exc:  # a FLOP count is a nice-to-have; never lose the timings for it
+        logger.warning("FLOP count of %s failed: %s", model, exc)
+        return None
+    return {"gflop_per_image": count.gflop, "dense_fraction": count.conv_fraction(),
+            "by_op_type_gflop": {k: v / 1e9 for k, v in count.by_op_type.items()},
+            "uncounted_nodes": len(count.uncounted_nodes)}  # fmt: skip
+
+
+def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
+    backends = _backends(args.backend)
+    batches = _int_list("--batch", args.batch)
+    threads: list[int | None] = _int_list("--threads", args.threads) if args.threads else [None]
+    images = load_images(args.images) if args.images else None
+    common = dict(policy=policy, images=images, seed=args.seed, frame_size=_frame_size(args.frame_size),
+                  profile_iters=args.profile_iters, profile_top=args.profile_top)  # fmt: skip
+    jobs = []
+    for model in args.models:
+        if not Path(model).is_file():
+            raise ConfigError(note(f"model {model} not found", "pass an exported .onnx or .engine"))
+        for backend in backends:
+            for batch in batches:
+                for t in threads:
+                    tag = f"{Path(model).stem}-{backend}-b{batch}-t{t or 'default'}"
+                    prefix = str(out / "profiles" / tag) if args.profile else None
+                    jobs.append(
+                        Job(model, backend, batch, t, "model", profile_prefix=prefix, **common)
+                    )
+                    if args.e2e:
+                        jobs.append(Job(model, backend, batch, t, "e2e", **common))
+    if args.torch_baseline:
+        if not Path(args.torch_baseline).is_file():
+            raise ConfigError(
+                note(f"--torch-baseline {args.torch_baseline} not found", "pass a .ckpt")
+            )
+        for batch in batches:
+            for t in threads:
+                jobs.append(Job(args.torch_baseline, "torch", batch, t, "torch", **common))
+    return jobs
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> Path:
+    """Run every configuration and write the report; returns the report folder."""
+    policy = _policy(args)
+    env = environment.capture_environment()
+    name = args.name or env["hostname"]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(args.out or f"bench-{name}-{stamp}")
+    jobs = _jobs(args, out, policy)  # validates every flag and path before anything is written
+    out = report.prepare_out_dir(out, args.force)
+    if args.profile:
+        (out / "profiles").mkdir(exist_ok=True)
+    roof = _roofline(args, env, sorted({j.threads for j in jobs}, key=lambda t: t or 0))
+    model_flops = {m: _flops_of(m) for m in args.models}
+    records, skipped = [], []
+    for i, job in enumerate(jobs, 1):
+        tag = f"{Path(job.model).name} {job.backend} b{job.batch} t{job.threads or 'default'} {job.mode}"
+        print(f"[{i}/{len(jobs)}] {tag}", file=sys.stderr)
+        try:
+            record = run_job_isolated(job) if args.isolate else run_job(job)
+        except StpmEdgeError as exc:
+            logger.warning("skipped %s: %s", tag, exc)
+            skipped.append({"label": tag, "reason": str(exc)})
+            continue
+        gflop = (model_flops.get(job.model) or {}).get("gflop_per_image")
+        records.append(add_compute_metrics(record, gflop, roof))
+        lat = record["latency_ms"]
+        print(f"    p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  "
+              f"{record['throughput_ips']:.1f} img/s", file=sys.stderr)  # fmt: skip
+    if not records:
+        raise ConfigError(
+            note(
+                "no configuration could be measured", skipped[0]["reason"] if skipped else "no jobs"
+            )
+        )
+    command = shlex.join(["stpm-bench", *argv])
+    rep = report.build_report(command, env, roof, records, skipped, name,
+                              flops={m: f for m, f in model_flops.items() if f})  # fmt: skip
+    paths = report.write_report(rep, out, plots=not args.no_plots)
+    print(f"report: {paths['md']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        run(args, argv)
+    except StpmEdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Per-operator time: reduce an ONNX Runtime profiler trace, or TensorRT per-layer times.
+
+ONNX Runtime (``SessionOptions.enable_profiling``) writes a JSON list of Chrome trace events. The
+ones that matter have ``"cat": "Node"``, a ``"name"`` (node name + ``_kernel_time`` /
+``_fence_before`` / ``_fence_after``), a duration ``"dur"`` in microseconds and
+``"args": {"op_name": ...}``; each ``session.run`` adds a ``"cat": "Session"`` event named
+``model_run``. :func:`reduce_ort_profile` turns that into two top-N tables (per op type, per node)
+in milliseconds per run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from stpm_edge.errors import BackendError, ConfigError, note
+
+logger = logging.getLogger(__name__)
+
+_KERNEL = "_kernel_time"
+
+
+def load_trace(path: str | Path) -> list[dict[str, Any]]:
+    """The event list of an ORT profile file (``ConfigError`` naming the file if unreadable)."""
+    try:
+        events = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            note(f"cannot read profiler trace {path}: {exc}", "expected ORT's profile JSON")
+        ) from exc
+    if isinstance(events, dict):  # Chrome's alternative {"traceEvents": [...]} form
+        events = events.get("traceEvents", [])
+    if not isinstance(events, list):
+        raise ConfigError(note(f"{path} is not a trace", "expected a JSON list of trace events"))
+    return events
+
+
+def _kernel_events(events: list[dict[str, Any]], skip_first_run: bool) -> list[dict[str, Any]]:
+    """Node events that carry kernel time, optionally without the first (cold) run."""
+    nodes = [e for e in events if e.get("cat") == "Node" and "dur" in e]
+    if any(str(e.get("name", "")).endswith(_KERNEL) for e in nodes):
+        # Fence events only bracket a kernel; counting them would double-count nothing useful.
+        nodes = [e for e in nodes if str(e["name"]).endswith(_KERNEL)]
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+        key=lambda e: e.get("ts", 0),
+    )
+    if skip_first_run and len(runs) > 1:
+        first_end = runs[0].get("ts", 0) + runs[0].get("dur", 0)
+        nodes = [e for e in nodes if e.get("ts", 0) > first_end]
+    return nodes
+
+
+def _rows(totals: dict[str, float], counts: dict[str, int], runs: int, top: int) -> list[dict]:
+    grand = sum(totals.values()) or 1.0
+    ordered = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:top]
+    return [
+        {
+            "name": name,
+            "total_ms": us / 1000.0,
+            "ms_per_run": us / 1000.0 / runs,
+            "percent": 100.0 * us / grand,
+            "calls": counts[name],
+        }
+        for name, us in ordered
+    ]
+
+
+def reduce_ort_profile(
+    events: Iterable[dict[str, Any]] | str | Path, top: int = 10, skip_first_run: bool = True
+) -> dict[str, Any]:
+    """Top-N operator time of an ORT trace.
+
+    Args:
+        events: the trace event list, or the path of the profile JSON.
+        top: rows kept per table.
+        skip_first_run: drop the first ``model_run`` (allocations, caches) when there are more.
+
+    Returns:
+        ``{"runs": int, "node_ms_per_run": float, "by_op_type": [row], "by_node": [row]}`` with
+        rows ``{"name", "total_ms", "ms_per_run", "percent", "calls"}`` (by_node rows add
+        ``"op_type"``), sorted by time, largest first; ``percent`` is of all node time.
+    """
+    events = load_trace(events) if isinstance(events, str | Path) else list(events)
+    nodes = _kernel_events(events, skip_first_run)
+    all_runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs = max(1, all_runs - (1 if skip_first_run and all_runs > 1 else 0))
+    by_type: dict[str, float] = defaultdict(float)
+    by_node: dict[str, float] = defaultdict(float)
+    type_calls: dict[str, int] = defaultdict(int)
+    node_calls: dict[str, int] = defaultdict(int)
+    node_type: dict[str, str] = {}
+    for e in nodes:
+        op = str(e.get("args", {}).get("op_name", "?"))
+        name = str(e.get("name", "?")).removesuffix(_KERNEL)
+        by_type[op] += float(e["dur"])
+        by_node[name] += float(e["dur"])
+        type_calls[op] += 1
+        node_calls[name] += 1
+        node_type[name] = op
+    node_rows = _rows(by_node, node_calls, runs, top)
+    for row in node_rows:
+        row["op_type"] = node_type[row["name"]]
+    return {
+        "runs": runs,
+        "node_ms_per_run": sum(by_type.values()) / 1000.0 / runs,
+        "by_op_type": _rows(by_type, type_calls, runs, top),
+        "by_node": node_rows,
+    }
+
+
+def make_trt_layer_profiler() -> Any:
+    """A ``tensorrt.IProfiler`` that sums per-layer milliseconds (unverified without a GPU).
+
+    Attach it with ``context.profiler = prof`` on an ``IExecutionContext``; after some runs,
+    ``prof.table(top)`` gives rows shaped like :func:`reduce_ort_profile`'s ``by_node``.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendError(
+            note("TensorRT layer profiling needs tensorrt", "install the [tensorrt] extra")
+        ) from exc
+
+    class LayerProfiler(trt.IProfiler):
+        """Accumulates ``report_layer_time`` callbacks (TensorRT calls it once per layer per run)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.total_ms: dict[str, float] = defaultdict(float)
+            self.calls: dict[str, int] = defaultdict(int)
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            self.total_ms[layer_name] += ms
+            self.calls[layer_name] += 1
+
+        def table(self, top: int = 10) -> list[dict[str, Any]]:
+            runs = max(self.calls.values(), default=1)
+            us = {k: v * 1000.0 for k, v in self.total_ms.items()}
+            return _rows(us, self.calls, runs, top)
+
+    return LayerProfiler()

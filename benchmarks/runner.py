@@ -1,0 +1,522 @@
+"""The measurement loop: one configuration (model x backend x batch x threads x mode) -> one record.
+
+Every backend is timed the same way, through ``stpm_edge.runtime.runners.create_runner``: warm-up
+iterations, then ``time.perf_counter_ns`` around each call, host to host (numpy in, numpy out).
+Modes:
+
+- ``model``: ``runner.infer(feeds)`` on a ready batch (uint8 NHWC frames, or normalised float32
+  NCHW for a ``float32_nchw`` graph).
+- ``e2e``: JPEG decode (``cv2.imdecode``) of every frame + the detector's pre-processing,
+  inference and post-processing (``Detector.predict``, verdict included).
+- ``torch``: the PyTorch eager model of a checkpoint (float32 on CPU, autocast fp16 on CUDA),
+  including the uint8 -> normalised float conversion the fused graph does internally, so the
+  ratio against ``model`` compares like with like. torch is imported only here.
+
+Memory: ``peak_rss_mb`` is the process high-water mark (``ru_maxrss``) after the configuration;
+it is per configuration only with ``isolate=True`` (each job in a fresh process), otherwise it is
+cumulative over the run. ``rss_delta_mb`` is the resident-set growth across the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stpm_edge.benchmarks.profiling import make_trt_layer_profiler, reduce_ort_profile
+from stpm_edge.benchmarks.stats import LatencyStats
+
+from stpm_edge.errors import BackendError, ConfigError, StpmEdgeError, note
+
+logger = logging.getLogger(__name__)
+
+MODES = ("model", "e2e", "torch")
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """When to stop timing.
+
+    ``iters`` set: exactly that many timed iterations. ``seconds`` set: run until that much time
+    has passed (at least ``min_iters``). Neither: ``default_iters`` or ``default_seconds``,
+    whichever comes first (at least ``min_iters``) — enough for a usable p99 without taking
+    minutes per configuration on a 2-core CPU.
+    """
+
+    warmup: int = 10
+    iters: int | None = None
+    seconds: float | None = None
+    default_iters: int = 200
+    default_seconds: float = 10.0
+    min_iters: int = 10
+
+    def done(self, count: int, elapsed_s: float) -> bool:
+        """Whether ``count`` timed iterations over ``elapsed_s`` seconds are enough."""
+        if self.iters is not None:
+            return count >= self.iters
+        if self.seconds is not None:
+            return count >= self.min_iters and elapsed_s >= self.seconds
+        return count >= self.default_iters or (
+            count >= self.min_iters and elapsed_s >= self.default_seconds
+        )
+
+
+def time_loop(step: Callable[[], Any], policy: LoopPolicy) -> list[float]:
+    """Call ``step`` ``policy.warmup`` times untimed, then time each call until ``policy.done``.
+
+    Returns:
+        Per-iteration latencies in milliseconds (float), in call order.
+    """
+    for _ in range(policy.warmup):
+        step()
+    samples: list[float] = []
+    start = time.perf_counter_ns()
+    while not policy.done(len(samples), (time.perf_counter_ns() - start) / 1e9):
+        t0 = time.perf_counter_ns()
+        step()
+        samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
+# -- memory ---------------------------------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """Process RSS high-water mark in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+
+
+def current_rss_mb() -> float | None:
+    """Current resident set in MiB from /proc/self/statm, None where unavailable."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _gpu_memory_mb(runner: Any) -> float | None:
+    """Device memory the runner reports (``device_memory_bytes()``), None if it cannot tell."""
+    for attr in ("device_memory_bytes", "gpu_memory_bytes"):
+        fn = getattr(runner, attr, None)
+        if callable(fn):
+            try:
+                value = fn()
+            except Exception as exc:  # an optional probe: never fail a benchmark on it
+                logger.debug("%s() failed: %s", attr, exc)
+                return None
+            return None if value is None else float(value) / 2**20
+    return None
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def model_metadata(path: str | Path) -> dict[str, str]:
+    """The ``stpm.*`` props of an .onnx file or of an engine's sidecar, without a session."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx  # reading props needs no session; the weights are left on disk
+
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+    from stpm_edge.runtime.metadata import read_engine_sidecar
+
+    return read_engine_sidecar(path)[0]
+
+
+def _meta_value(meta: dict[str, str], key: str, default: Any = None) -> Any:
+    raw = meta.get(key)
+    if raw is None:
+        return default
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def synthetic_frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` smooth uint8 BGR frames (H, W, 3): low-frequency noise, so JPEGs stay realistic.
+
+    Pure per-pixel noise would make JPEG decode unrealistically slow and the encoded files huge.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), np.uint8)
+        frame = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+        noise = rng.integers(-8, 9, frame.shape, dtype=np.int16)
+        frames.append(np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    return frames
+
+
+def load_images(directory: str | Path, limit: int = 64) -> list[np.ndarray]:
+    """Up to ``limit`` images of ``directory`` as uint8 BGR (H, W, 3) (sorted by name)."""
+    import cv2
+
+    directory = Path(directory)
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in suffixes)[:limit]
+    images = [
+        img for img in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths) if img is not None
+    ]
+    if not images:
+        raise ConfigError(
+            note(f"--images {directory}: no readable images", "expected PNG/JPEG files in it")
+        )
+    return images
+
+
+def _concrete_shape(shape: tuple[int, ...], batch: int, hw: list[int] | None, name: str) -> tuple:
+    """Batch on axis 0; other dynamic axes from ``stpm.input_size`` ``[H, W]`` in order."""
+    fill = list(hw or [])
+    dims = [batch]
+    for dim in shape[1:]:
+        if dim is not None and dim >= 0:
+            dims.append(int(dim))
+        elif fill:
+            dims.append(int(fill.pop(0)))
+        else:
+            raise ConfigError(
+                note(
+                    f"input {name!r} has a dynamic axis besides the batch", "export with fixed H, W"
+                )
+            )
+    return tuple(dims)
+
+
+def make_feeds(
+    spec: dict[str, tuple[np.dtype, tuple]],
+    batch: int,
+    meta: dict[str, str],
+    images: list[np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """One batch per input of ``spec``: uint8 frames (random or ``images``), or float32 NCHW.
+
+    uint8 inputs get (N, H, W, 3) frames in the metadata's ``stpm.color_order``; float32 inputs
+    get the same frames normalised with ``stpm.mean``/``stpm.std`` (RGB, NCHW) as the exporter's
+    ``--input float`` graph expects.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    hw = _meta_value(meta, "stpm.input_size")
+    feeds = {}
+    for name, (dtype, shape) in spec.items():
+        dims = _concrete_shape(tuple(shape), batch, hw, name)
+        nchw = len(dims) == 4 and dims[1] == 3 and dims[3] != 3
+        height, width = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
+        if images:
+            frames = [cv2.resize(images[i % len(images)], (width, height)) for i in range(batch)]
+        else:
+            frames = list(rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8))
+        bgr = np.stack(frames)
+        if np.dtype(dtype) == np.uint8:
+            rgb = str(_meta_value(meta, "stpm.color_order", "BGR")).upper() == "RGB"
+            feeds[name] = np.ascontiguousarray(bgr[..., ::-1] if rgb else bgr).reshape(dims)
+            continue
+        mean = np.asarray(_meta_value(meta, "stpm.mean", [0.485, 0.456, 0.406]), np.float32)
+        std = np.asarray(_meta_value(meta, "stpm.std", [0.229, 0.224, 0.225]), np.float32)
+        x = (bgr[..., ::-1].astype(np.float32) / 255.0 - mean) / std
+        x = x.transpose(0, 3, 1, 2) if nchw else x
+        feeds[name] = np.ascontiguousarray(x.astype(np.dtype(dtype))).reshape(dims)
+    return feeds
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One configuration to measure (picklable, so ``--isolate`` can ship it to a subprocess)."""
+
+    model: str
+    backend: str
+    batch: int
+    threads: int | None
+    mode: str = "model"
+    policy: LoopPolicy = field(default_factory=LoopPolicy)
+    images: list[np.ndarray] | None = None
+    frame_size: tuple[int, int] = (640, 480)  # e2e camera frame (width, height)
+    profile_prefix: str | None = None  # where ORT writes its trace; None = no profiling
+    profile_iters: int = 20
+    profile_top: int = 10
+    seed: int = 0
+
+
+def _device_of(runner_name: str) -> str:
+    name = runner_name.lower()
+    return "cpu" if "cpu" in name and "cuda" not in name else "gpu"
+
+
+def _base_record(job: Job, meta: dict[str, str], runner_name: str) -> dict[str, Any]:
+    return {
+        "model": job.model,
+        "model_name": Path(job.model).stem,
+        "backend": job.backend,
+        "runner": runner_name,
+        "device": _device_of(runner_name),
+        "precision": _meta_value(meta, "stpm.precision"),
+        "layout": _meta_value(meta, "stpm.layout"),
+        "batch": job.batch,
+        "threads": job.threads,
+        "mode": job.mode,
+        "input_size": _meta_value(meta, "stpm.input_size"),
+    }
+
+
+def _finish(record: dict[str, Any], samples: list[float], rss0: float | None) -> dict[str, Any]:
+    stats = LatencyStats.from_samples(samples)
+    rss1 = current_rss_mb()
+    record.update(
+        iters=stats.count,
+        latency_ms=stats.as_dict(),
+        throughput_ips=stats.throughput(record["batch"]),
+        peak_rss_mb=peak_rss_mb(),
+        rss_delta_mb=None if rss0 is None or rss1 is None else rss1 - rss0,
+        samples_ms=[round(s, 4) for s in samples],
+    )
+    record.setdefault("gpu_peak_mb", None)
+    return record
+
+
+def _create_runner(path: str, backend: str, threads: int | None, **kw: Any) -> Any:
+    from stpm_edge.runtime.runners import create_runner
+
+    return create_runner(path, backend=backend, threads=threads, **kw)
+
+
+def _profile_ort(job: Job, feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """Run a profiling session for ``job.profile_iters`` iterations and reduce its trace."""
+    try:
+        runner = _create_runner(
+            job.model, job.backend, job.threads, profile_prefix=job.profile_prefix
+        )
+    except TypeError:
+        logger.warning("%s: this runner cannot profile (no profile_prefix= option)", job.backend)
+        return None
+    with runner:
+        for _ in range(job.profile_iters + 1):  # +1: the first run is dropped by the reducer
+            runner.infer(feeds)
+        end = getattr(runner, "end_profiling", None)
+        if not callable(end):
+            logger.warning("%s: runner has no end_profiling(); no profile", runner.name)
+            return None
+        trace = end()
+    table = reduce_ort_profile(trace, top=job.profile_top)
+    return {"file": str(trace), **table}
+
+
+def _profile_trt(runner: Any, feeds: dict[str, np.ndarray], job: Job) -> dict[str, Any] | None:
+    """Per-layer TensorRT time through an IProfiler (unverified: needs the runner's context)."""
+    context = getattr(runner, "context", None) or getattr(runner, "_context", None)
+    if context is None:
+        logger.warning("tensorrt runner exposes no execution context; no layer profile")
+        return None
+    profiler = make_trt_layer_profiler()
+    context.profiler = profiler
+    for _ in range(job.profile_iters):
+        runner.infer(feeds)
+    rows = profiler.table(job.profile_top)
+    return {"file": None, "runs": job.profile_iters, "by_op_type": [], "by_node": rows}
+
+
+def _attach_profile(record: dict[str, Any], profile: dict[str, Any] | None) -> None:
+    if profile:
+        record["profile_top"] = profile["by_op_type"]
+        record["profile_top_nodes"] = profile["by_node"]
+        record["profile_file"] = profile["file"]
+
+
+def bench_model(job: Job) -> dict[str, Any]:
+    """Time ``runner.infer`` on one ready batch (mode ``model``)."""
+    rss0 = current_rss_mb()
+    t0 = time.perf_counter()
+    with _create_runner(job.model, job.backend, job.threads) as runner:
+        load_ms = (time.perf_counter() - t0) * 1000.0
+        meta = runner.metadata()
+        feeds = make_feeds(runner.input_spec(), job.batch, meta, job.images, job.seed)
+        samples = time_loop(lambda: runner.infer(feeds), job.policy)
+        record = _base_record(job, meta, runner.name)
+        record["load_ms"] = load_ms
+        record["gpu_peak_mb"] = _gpu_memory_mb(runner)
+        _finish(record, samples, rss0)
+        trt_profile = (
+            _profile_trt(runner, feeds, job)
+            if job.profile_prefix and runner.name.startswith("tensorrt")
+            else None
+        )
+    if job.profile_prefix and record["runner"].startswith("onnxruntime"):
+        _attach_profile(record, _profile_ort(job, feeds))
+    _attach_profile(record, trt_profile)
+    return record
+
+
+def _detector_class() -> Any:
+    from stpm_edge.runtime import detector
+
+    cls = getattr(detector, "Detector", None) or getattr(detector, "AnomalyDetector", None)
+    if cls is None:
+        raise BackendError("stpm_edge.runtime.detector has no Detector class")
+    return cls
+
+
+def encoded_frames(job: Job) -> list[bytes]:
+    """``job.batch`` JPEG-encoded BGR frames (from ``job.images`` or synthetic, frame_size)."""
+    import cv2
+
+    width, height = job.frame_size
+    frames = job.images or synthetic_frames(job.batch, height, width, job.seed)
+    out = []
+    for i in range(job.batch):
+        ok, buf = cv2.imencode(".jpg", frames[i % len(frames)], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise ConfigError("cv2.imencode failed to encode a benchmark frame as JPEG")
+        out.append(buf.tobytes())
+    return out
+
+
+def bench_e2e(job: Job) -> dict[str, Any]:
+    """Time decode + pre-processing + inference + post-processing through the Detector."""
+    import cv2
+
+    rss0 = current_rss_mb()
+    buffers = [np.frombuffer(b, np.uint8) for b in encoded_frames(job)]
+    detector = _detector_class()(job.model, backend=job.backend, threads=job.threads)
+
+    def step() -> Any:
+        frames = [cv2.imdecode(buf, cv2.IMREAD_COLOR) for buf in buffers]
+        return detector.predict(frames)  # a list of frames: one batched inference
+
+    try:
+        runner = getattr(detector, "runner", None)
+        meta = runner.metadata() if runner is not None else model_metadata(job.model)
+        samples = time_loop(step, job.policy)
+        record = _base_record(job, meta, getattr(runner, "name", job.backend))
+        record["frame_size"] = list(job.frame_size)
+        record["gpu_peak_mb"] = _gpu_memory_mb(runner)
+    finally:
+        close = getattr(detector, "close", None)
+        if callable(close):
+            close()
+    return _finish(record, samples, rss0)
+
+
+def bench_torch(job: Job) -> dict[str, Any]:
+    """Time the PyTorch eager model of checkpoint ``job.model`` (imports torch lazily)."""
+    import torch
+
+    try:
+        from stpm_edge.checkpoint import load_model_from_checkpoint
+    except ImportError:
+        from stpm_edge.model import load_model_from_checkpoint  # type: ignore[no-redef]
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cuda = torch.cuda.is_available() and job.backend != "torch-cpu"
+    device = torch.device("cuda" if cuda else "cpu")
+    rss0 = current_rss_mb()
+    model = load_model_from_checkpoint(job.model).to(device).eval()
+    height, width = model.size
+    mean = torch.tensor(model.config.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.std, device=device).view(1, 3, 1, 1)
+    rng = np.random.default_rng(job.seed)
+    frames = rng.integers(0, 256, (job.batch, height, width, 3), dtype=np.uint8)
+
+    def step() -> tuple[np.ndarray, np.ndarray]:
+        # Same work as the fused graph: uint8 BGR NHWC -> normalised RGB NCHW -> map + score.
+        x = torch.from_numpy(frames).to(device).flip(-1).permute(0, 3, 1, 2).float() / 255.0
+        with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
+            amap, score = model.score_map((x - mean) / std)
+        return amap.float().cpu().numpy(), score.float().cpu().numpy()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    samples = time_loop(step, job.policy)
+    record = {
+        **_base_record(job, {}, "torch-cuda" if cuda else "torch-cpu"),
+        "backend": "torch-cuda" if cuda else "torch-cpu",
+        "precision": "fp16-autocast" if cuda else "fp32",
+        "layout": None,
+        "input_size": [height, width],
+    }
+    record["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return _finish(record, samples, rss0)
+
+
+_MODE_FN: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "model": bench_model,
+    "e2e": bench_e2e,
+    "torch": bench_torch,
+}
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Measure one configuration and return its report.json record (see benchmarks/README.md)."""
+    if job.mode not in _MODE_FN:
+        raise ConfigError(note(f"unknown benchmark mode {job.mode!r}", f"use one of {MODES}"))
+    logger.info(
+        "benchmark %s: %s backend=%s batch=%d threads=%s",
+        job.mode,
+        Path(job.model).name,
+        job.backend,
+        job.batch,
+        job.threads,
+    )
+    return _MODE_FN[job.mode](job)
+
+
+def _run_job_safely(job: Job) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) or (None, error text): what a subprocess sends back (errors pickle badly)."""
+    try:
+        return run_job(job), None
+    except StpmEdgeError as exc:
+        return None, str(exc)
+
+
+def run_job_isolated(job: Job) -> dict[str, Any]:
+    """``run_job`` in a fresh ``spawn`` process, so ``peak_rss_mb`` belongs to this job alone."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        record, error = pool.submit(_run_job_safely, replace(job)).result()
+    if error is not None:
+        raise BackendError(error)
+    assert record is not None
+    return record
+
+
+def add_compute_metrics(
+    record: dict[str, Any], gflop_per_image: float | None, roofline: dict[str, Any]
+) -> dict[str, Any]:
+    """Fill ``gflop_per_image``, ``achieved_gflops``, ``roofline_fraction``, ``peak_fraction``.
+
+    The rooflines are CPU numbers: GPU records get ``None`` fractions. A record's thread count
+    picks the matmul measured with the same threads when there is one; ``threads=None`` (the
+    runtime's default) is compared with all usable CPUs.
+    """
+    record["gflop_per_image"] = gflop_per_image
+    achieved = None if gflop_per_image is None else gflop_per_image * record["throughput_ips"]
+    record["achieved_gflops"] = achieved
+    record["roofline_fraction"] = None
+    record["peak_fraction"] = None
+    if achieved is None or record.get("device") != "cpu":
+        return record
+    threads = record.get("threads") or roofline.get("usable_cpus") or 1
+    matmul = roofline.get("matmul") or {}
+    by_threads = matmul.get("gflops_by_threads") or {}
+    ref = by_threads.get(str(threads), matmul.get("gflops"))
+    if ref:
+        record["roofline_fraction"] = achieved / ref
+    peak = roofline.get("theoretical")
+    if peak:
+        cores = roofline.get("usable_cpus") or threads
+        record["peak_fraction"] = achieved / (peak["per_core_gflops"] * min(threads, cores))
+    return record

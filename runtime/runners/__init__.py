@@ -1,0 +1,129 @@
+"""Inference backends behind one :class:`Runner` interface, and the factory that picks one.
+
+``create_runner("model.onnx")`` chooses the best available backend; ``.engine``/``.plan`` files
+always run on native TensorRT. Backends import their heavy dependencies only when loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from stpm_edge.errors import BackendError, note
+
+from .base import Runner, check_feeds, format_shape
+from .ort import CPU_EP, CUDA_EP, TRT_EP, OrtRunner, available_providers
+from .trt import TrtRunner
+
+__all__ = [
+    "BACKENDS",
+    "OrtRunner",
+    "Runner",
+    "TrtRunner",
+    "available_backends",
+    "check_feeds",
+    "create_runner",
+    "format_shape",
+]
+
+BACKENDS = ("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
+ENGINE_SUFFIXES = (".engine", ".plan")
+_ORT_BACKENDS = {
+    "ort-trt": [TRT_EP, CUDA_EP, CPU_EP],
+    "ort-cuda": [CUDA_EP, CPU_EP],
+    "ort-cpu": [CPU_EP],
+}
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_backends() -> list[str]:
+    """Backends usable here, best-first: a subset of ``("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")``.
+
+    ``tensorrt`` means the tensorrt and cuda-python packages are importable (a GPU is only
+    checked when an engine loads).
+    """
+    found = []
+    if _has_module("tensorrt") and _has_module("cuda"):
+        found.append("tensorrt")
+    providers = available_providers()
+    for backend, wanted in _ORT_BACKENDS.items():
+        if wanted[0] in providers:
+            found.append(backend)
+    return found
+
+
+def _unavailable(backend: str, available: list[str], fix: str) -> BackendError:
+    return BackendError(
+        note(f"backend {backend!r} is not available here", f"available: {available}; {fix}")
+    )
+
+
+def create_runner(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    threads: int | None = None,
+    **kwargs: Any,
+) -> Runner:
+    """Build (but do not load) the runner for ``path``.
+
+    Args:
+        path: ``model.onnx`` or a TensorRT ``model.engine``/``model.plan``.
+        backend: ``"auto"`` or one of :data:`BACKENDS`. ``auto`` runs engines on ``tensorrt`` and
+            ONNX on the first available of ``ort-trt``, ``ort-cuda``, ``ort-cpu``.
+        threads: CPU threads for ONNX Runtime (``None`` = its default); ignored by TensorRT.
+        **kwargs: passed to :class:`OrtRunner` or :class:`TrtRunner`.
+
+    Raises:
+        BackendError: unknown/unavailable backend, or a backend that cannot run this file type.
+    """
+    path = Path(path)
+    if backend != "auto" and backend not in BACKENDS:
+        raise BackendError(
+            note(f"unknown backend {backend!r}", f"choose auto or one of {list(BACKENDS)}")
+        )
+    available = available_backends()
+    suffix = path.suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        if backend not in ("auto", "tensorrt"):
+            raise BackendError(
+                note(
+                    f"{path.name} is a TensorRT engine; backend {backend!r} cannot run it",
+                    "use backend tensorrt, or pass the model.onnx to run with ONNX Runtime",
+                )
+            )
+        if "tensorrt" not in available:
+            raise _unavailable("tensorrt", available, "install TensorRT and cuda-python")
+        return TrtRunner(path, **kwargs)
+    if suffix != ".onnx":
+        raise BackendError(
+            note(
+                f"cannot tell the model type of {path.name}",
+                f"expected .onnx or one of {list(ENGINE_SUFFIXES)}",
+            )
+        )
+    if backend == "tensorrt":
+        raise BackendError(
+            note(
+                f"backend 'tensorrt' runs engines, not {path.name}",
+                "build one on this device (stpm-export ... --engine, or trtexec --onnx=... "
+                "--saveEngine=model.engine --stronglyTyped), or use backend ort-trt",
+            )
+        )
+    strict = backend != "auto"  # auto may fall back when a provider fails to initialise
+    if backend == "auto":
+        ort_backends = [b for b in available if b in _ORT_BACKENDS]
+        if not ort_backends:
+            raise _unavailable("auto", available, "pip install onnxruntime (or onnxruntime-gpu)")
+        backend = ort_backends[0]
+    elif backend not in available:
+        raise _unavailable(backend, available, "install onnxruntime-gpu for CUDA/TensorRT")
+    kwargs.setdefault("strict", strict)
+    return OrtRunner(path, providers=_ORT_BACKENDS[backend], threads=threads, **kwargs)

@@ -1,0 +1,100 @@
+"""The STPM anomaly-map maths — the one implementation used by training, evaluation and export.
+
+Steps (Wang et al., BMVC 2021):
+1. L2-normalise teacher and student features along channels: ``t̂ = t / ||t||``.
+2. Per scale and position, ``d = 0.5 * ||t̂ - ŝ||²`` -> (B, 1, h, w); the training loss is its mean.
+3. Upsample every scale bilinearly (align_corners=False) to the input size and multiply them.
+4. Optionally blur (Gaussian, as a depthwise convolution); image score = max (or top-k mean).
+
+Every function casts its inputs to float32 first. In an FP16 export the backbones run in half
+precision but this tail does not: a raw feature's sum of squares overflows fp16 (> 65504), an eps of
+1e-12 is 0 in fp16 (0/0 = NaN on an all-zero post-ReLU vector) and the product of three small maps
+underflows fp16. The casts appear as explicit Cast nodes in the exported graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NORM_EPS = 1e-6  # representable in float32 with room; only guards all-zero feature vectors
+
+
+def normalize_features(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) any float dtype -> (B, C, h, w) float32 with unit L2 norm over C."""
+    x = features.float()
+    norm = torch.sqrt(torch.sum(x * x, dim=1, keepdim=True))
+    return x / torch.clamp(norm, min=NORM_EPS)
+
+
+def scale_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Per-position distance of one scale: (B, C, h, w) x2 -> (B, 1, h, w) float32 in [0, 2]."""
+    diff = normalize_features(teacher) - normalize_features(student)
+    return 0.5 * torch.sum(diff * diff, dim=1, keepdim=True)
+
+
+def stpm_loss(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
+    """The paper's loss: per scale the mean over positions of ``scale_distance``, summed over scales
+    and averaged over the batch. Returns a float32 scalar."""
+    return sum(scale_distance(t, s).mean() for t, s in zip(teacher_feats, student_feats, strict=True))
+
+
+def upsample(scale_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) -> (B, 1, H, W) float32, bilinear, align_corners=False (the paper's choice)."""
+    return F.interpolate(scale_map.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def combine_scales(scale_maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Element-wise product of the upsampled per-scale maps: -> (B, 1, H, W) float32."""
+    result = upsample(scale_maps[0], size)
+    for scale_map in scale_maps[1:]:
+        result = result * upsample(scale_map, size)
+    return result
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised (1, 1, k, k) float32 kernel with radius 4*sigma (the usual truncation)."""
+    radius = max(1, int(math.ceil(4.0 * sigma)))
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(coords**2) / (2.0 * sigma * sigma))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def gaussian_blur(anomaly: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur a (B, 1, H, W) map with reflect padding; ``sigma <= 0`` returns it unchanged."""
+    if sigma <= 0:
+        return anomaly
+    kernel = gaussian_kernel(sigma).to(anomaly.device)
+    pad = kernel.shape[-1] // 2
+    return F.conv2d(F.pad(anomaly, (pad, pad, pad, pad), mode="reflect"), kernel)
+
+
+def anomaly_map(
+    teacher_feats: list[torch.Tensor],
+    student_feats: list[torch.Tensor],
+    size: tuple[int, int],
+    blur_sigma: float = 0.0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The full map: -> ((B, 1, H, W) float32, [per-scale (B, 1, h_i, w_i) float32])."""
+    scale_maps = [scale_distance(t, s) for t, s in zip(teacher_feats, student_feats, strict=True)]
+    return gaussian_blur(combine_scales(scale_maps, size), blur_sigma), scale_maps
+
+
+def image_score(anomaly: torch.Tensor, reduction: str = "max", topk_fraction: float = 0.01) -> torch.Tensor:
+    """(B, 1, H, W) -> (B,) float32: the max of the map, or the mean of its top-k pixels."""
+    flat = anomaly.flatten(1)
+    if reduction == "max":
+        return flat.amax(dim=1)
+    if reduction == "topk":
+        k = max(1, int(round(flat.shape[1] * topk_fraction)))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+    raise ValueError(f"unknown score reduction {reduction!r}; expected 'max' or 'topk'")
+
+
+def normalize_score(score: torch.Tensor, threshold: float, score_min: float, score_max: float) -> torch.Tensor:
+    """Map raw scores to [0, 1] with the calibrated threshold at 0.5 (DESIGN.md §4)."""
+    scale = max(score_max - score_min, 1e-12)
+    return torch.clamp((score - threshold) / scale + 0.5, 0.0, 1.0)

