@@ -348,6 +348,7 @@ def write_plots(records: list[dict[str, Any]], out_dir: Path) -> list[str]:
     for key, points in series.items():
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+    ax.set_xticks(sorted({r["batch"] for r in records}))
     ax.set(xlabel="batch size", ylabel="images / s", title="Throughput vs batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)

@@ -588,7 +588,13 @@ class InspectionLoop:
                         self.stats.stopped_by = self.stats.stopped_by or "end"
                         break
                     continue
-                preds = self.detector.predict([f.image for f in frames])
+                try:
+                    preds = self.detector.predict([f.image for f in frames])
+                except DataError as exc:  # an odd frame (format, ROI) must not stop the line
+                    self.event(
+                        "frame_error", frames=[f.id for f in frames], error=str(exc).splitlines()[0]
+                    )
+                    continue
                 for frame, pred in zip(frames, preds, strict=True):
                     self._handle(frame, pred, len(frames))
                 if opts.max_frames is not None and self.stats.frames >= opts.max_frames:
@@ -774,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-    except (StpmEdgeError, DataError) as exc:
+    except StpmEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"final_stats": stats.summary()}), file=sys.stderr)

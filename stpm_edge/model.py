@@ -83,10 +83,17 @@ class STPM(nn.Module):
             teacher = self.teacher(x)
         return teacher, self.student(x)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The STPM training loss for a batch: float32 scalar."""
-        teacher, student = self.features(x)
-        return am.stpm_loss(teacher, student)
+    def loss(self, x: torch.Tensor, teacher_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The STPM training loss for a batch: float32 scalar.
+
+        ``teacher_feats`` may be given when they are cached (the teacher is frozen and training
+        uses no augmentation, so its features of an image never change).
+        """
+        if teacher_feats is None:
+            teacher_feats, student = self.features(x)
+        else:
+            student = self.student(x)
+        return am.stpm_loss(teacher_feats, student)
 
     @torch.no_grad()
     def score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -161,8 +161,9 @@ def train(cfg: TrainConfig) -> Path:
         logger.info("resumed %s at epoch %d", out / "last.ckpt", start_epoch)
     logger.info("training %s on %d images (%d for validation), %d epochs, device %s",
                 cfg.backbone, len(train_set), len(val_set), cfg.epochs, device)
+    cache = TeacherFeatureCache(model, len(train_set))
     for epoch in range(start_epoch, cfg.epochs):
-        train_loss, ips = _train_epoch(model, optimizer, scaler, train_set, cfg, epoch, device, use_amp)
+        train_loss, ips = _train_epoch(model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache)
         val_loss = validation_loss(model, val_set, cfg, device)
         improved = val_loss < best_loss
         best_loss = min(best_loss, val_loss)
@@ -174,7 +175,36 @@ def train(cfg: TrainConfig) -> Path:
     return _calibrate_best(out, val_set, cfg, device)
 
 
-def _train_epoch(model, optimizer, scaler, dataset, cfg, epoch, device, use_amp) -> tuple[float, float]:
+class TeacherFeatureCache:
+    """Teacher features per training image, computed once: the teacher is frozen and training uses
+    no augmentation, so on a CPU this removes a third of every later epoch's work. Disabled when
+    the features would not fit ``budget_mb``."""
+
+    def __init__(self, model: STPM, num_images: int, budget_mb: float = 2048.0) -> None:
+        size = model.config.image_size
+        floats = sum(c * (size // r) ** 2 for c, r in zip(model_spec(model).channels, model_spec(model).reductions, strict=True))
+        self.enabled = num_images * floats * 4 / 2**20 <= budget_mb
+        self._store: dict[int, list[torch.Tensor]] = {}
+
+    def get(self, model: STPM, x: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
+        keys = [int(i) for i in indices]
+        if not self.enabled or any(k not in self._store for k in keys):
+            with torch.no_grad():
+                feats = model.teacher(x)
+            if self.enabled:
+                for row, key in enumerate(keys):
+                    self._store[key] = [f[row].detach().clone() for f in feats]
+            return feats
+        return [torch.stack([self._store[k][level] for k in keys]) for level in range(len(self._store[keys[0]]))]
+
+
+def model_spec(model: STPM):
+    from stpm_edge.backbones import get_backbone_spec
+
+    return get_backbone_spec(model.config.backbone)
+
+
+def _train_epoch(model, optimizer, scaler, dataset, cfg, epoch, device, use_amp, cache=None) -> tuple[float, float]:
     from tqdm import tqdm
 
     model.train()
@@ -184,7 +214,8 @@ def _train_epoch(model, optimizer, scaler, dataset, cfg, epoch, device, use_amp)
     for batch in bar:
         x = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            loss = model.loss(x)
+            teacher_feats = cache.get(model, x, batch["index"]) if cache is not None else None
+            loss = model.loss(x, teacher_feats)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -19,7 +19,9 @@ IMAGE_THRESHOLD = 0.5
 PIXEL_THRESHOLD = 0.5
 
 
-def fake_metadata(size: int, input_format: str = "uint8_nhwc", color_order: str = "BGR") -> dict[str, str]:
+def fake_metadata(
+    size: int, input_format: str = "uint8_nhwc", color_order: str = "BGR"
+) -> dict[str, str]:
     """All stpm.* keys, values as the exporter writes them (strings, JSON for structures)."""
     return {
         "stpm.format": "stpm-edge-onnx/1",
@@ -32,8 +34,13 @@ def fake_metadata(size: int, input_format: str = "uint8_nhwc", color_order: str 
         "stpm.mean": json.dumps([0.485, 0.456, 0.406]),
         "stpm.std": json.dumps([0.229, 0.224, 0.225]),
         "stpm.calibration": json.dumps(
-            {"image_threshold": IMAGE_THRESHOLD, "pixel_threshold": PIXEL_THRESHOLD,
-             "score_min": 0.0, "score_max": 1.0, "source": "val_good"}
+            {
+                "image_threshold": IMAGE_THRESHOLD,
+                "pixel_threshold": PIXEL_THRESHOLD,
+                "score_min": 0.0,
+                "score_max": 1.0,
+                "source": "val_good",
+            }
         ),
         "stpm.image_threshold": json.dumps(IMAGE_THRESHOLD),
         "stpm.pixel_threshold": json.dumps(PIXEL_THRESHOLD),

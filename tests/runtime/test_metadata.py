@@ -6,9 +6,9 @@ import json
 
 import pytest
 from conftest import fake_metadata
+from stpm_edge.runtime.metadata import ModelInfo, parse_metadata, read_engine_sidecar
 
 from stpm_edge.errors import BackendError, StpmEdgeError
-from stpm_edge.runtime.metadata import ModelInfo, parse_metadata, read_engine_sidecar
 
 
 def test_parse_all_keys() -> None:
@@ -30,7 +30,9 @@ def test_parse_all_keys() -> None:
 def test_missing_required_key(key: str) -> None:
     props = fake_metadata(64)
     del props[key]
-    with pytest.raises(BackendError, match=rf"(?s)missing stpm metadata {key}.*re-export it with stpm-export"):
+    with pytest.raises(
+        BackendError, match=rf"(?s)missing stpm metadata {key}.*re-export it with stpm-export"
+    ):
         parse_metadata(props, source="x.onnx")
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from stpm_edge.errors import BackendError
 from stpm_edge.runtime.runners import (
     OrtRunner,
     available_backends,
     create_runner,
     format_shape,
 )
+
+from stpm_edge.errors import BackendError
 
 
 def _image(n: int = 1, size: int = 64, value: int = 100) -> np.ndarray:
@@ -40,8 +40,14 @@ def test_ort_runner_infers(fake_onnx) -> None:
 @pytest.mark.parametrize(
     ("feeds", "match"),
     [
-        ({"image": np.zeros((1, 3, 64, 64), np.float32)}, r"input 'image' expected uint8 \(N,64,64,3\), got float32 \(1,3,64,64\)"),
-        ({"image": np.zeros((1, 32, 32, 3), np.uint8)}, r"expected uint8 \(N,64,64,3\), got uint8 \(1,32,32,3\)"),
+        (
+            {"image": np.zeros((1, 3, 64, 64), np.float32)},
+            r"input 'image' expected uint8 \(N,64,64,3\), got float32 \(1,3,64,64\)",
+        ),
+        (
+            {"image": np.zeros((1, 32, 32, 3), np.uint8)},
+            r"expected uint8 \(N,64,64,3\), got uint8 \(1,32,32,3\)",
+        ),
         ({"image": np.zeros((64, 64, 3), np.uint8)}, r"got uint8 \(64,64,3\)"),
         ({"images": _image()}, r"missing \['image'\], unknown \['images'\]"),
         ({"image": [[1, 2]]}, "must be a numpy.ndarray"),
@@ -106,7 +112,10 @@ def test_loader_callable_and_bytes(fake_onnx) -> None:
 
 
 def test_unavailable_provider_names_available(fake_onnx) -> None:
-    with pytest.raises(BackendError, match=r"(?s)\['CUDAExecutionProvider'\] requested but not available.*available: \["):
+    with pytest.raises(
+        BackendError,
+        match=r"(?s)\['CUDAExecutionProvider'\] requested but not available.*available: \[",
+    ):
         OrtRunner(fake_onnx, providers=["cuda"]).load()
 
 
@@ -141,7 +150,9 @@ def test_create_runner_auto_and_explicit(fake_onnx) -> None:
 
 def test_create_runner_errors(fake_onnx, tmp_path) -> None:
     if "ort-cuda" not in available_backends():
-        with pytest.raises(BackendError, match=r"(?s)'ort-cuda' is not available here.*available: \["):
+        with pytest.raises(
+            BackendError, match=r"(?s)'ort-cuda' is not available here.*available: \["
+        ):
             create_runner(fake_onnx, backend="ort-cuda")
     with pytest.raises(BackendError, match="unknown backend 'gpu'"):
         create_runner(fake_onnx, backend="gpu")

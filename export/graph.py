@@ -1,0 +1,270 @@
+"""The fused graph: pre-processing + teacher + student + anomaly map + scores, as ONE ONNX file.
+
+Input ``image`` is uint8 (N, H, W, 3) in the configured colour order (BGR by default, what a camera
+frame from OpenCV or a GStreamer appsink is) — or float32 (N, 3, H, W) already normalised. The
+outputs and the ``stpm.*`` metadata are the contract of DESIGN.md §5.
+
+Two layouts with identical outputs:
+- ``separate``: teacher and student side by side (two convolutions per layer).
+- ``stacked``: both networks in one of grouped convolutions — the stem is a single convolution
+  producing both nets' channels, every later convolution has twice the groups — so each layer
+  is one kernel launch for both. Launch overhead dominates at batch 1 on a GPU.
+
+FP16: the backbones run in float16 and everything after them (normalisation, distances,
+upsampling, product, score) in float32, with explicit Cast nodes between — the anomaly-map
+functions cast to float32 themselves. Weights are stored in float16; graph I/O stays uint8/float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from stpm_edge import __version__
+from stpm_edge import anomaly_map as am
+from stpm_edge.errors import ConfigError, ExportError, note
+from stpm_edge.model import STPM
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ["anomaly_map", "score", "score_normalized"]
+SCALE_MAP_NAMES = ["scale_map_0", "scale_map_1", "scale_map_2"]
+LAYOUTS = ("separate", "stacked")
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """How the graph is built; every field ends up in the metadata."""
+
+    input_format: str = "uint8_nhwc"  # or "float32_nchw"
+    color_order: str = "BGR"  # of a uint8 input
+    layout: str = "separate"
+    precision: str = "fp32"  # "fp16" runs the backbones in half precision
+    per_scale_maps: bool = False
+    opset: int = OPSET
+
+    def __post_init__(self) -> None:
+        checks = {"input_format": ("uint8_nhwc", "float32_nchw"), "color_order": ("BGR", "RGB"),
+                  "layout": LAYOUTS, "precision": ("fp32", "fp16")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(note(f"invalid {name} {getattr(self, name)!r}", f"expected one of {', '.join(allowed)}"))
+        if self.opset < 17:
+            raise ConfigError(note(f"--opset {self.opset} is too old", "use 17 or newer"))
+
+
+# --------------------------------------------------------------------------- stacking
+
+
+def _stack_conv(t: nn.Conv2d, s: nn.Conv2d, is_stem: bool) -> nn.Conv2d:
+    """One convolution computing both: the stem shares its input, the rest get 2x the groups."""
+    in_ch = t.in_channels if is_stem else 2 * t.in_channels
+    groups = t.groups if is_stem else 2 * t.groups
+    conv = nn.Conv2d(in_ch, 2 * t.out_channels, t.kernel_size, t.stride, t.padding, t.dilation, groups,
+                     bias=t.bias is not None, padding_mode=t.padding_mode)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([t.weight, s.weight], 0))
+        if t.bias is not None:
+            conv.bias.copy_(torch.cat([t.bias, s.bias], 0))
+    return conv
+
+
+def _stack_bn(t: nn.BatchNorm2d, s: nn.BatchNorm2d) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(2 * t.num_features, eps=t.eps)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).copy_(torch.cat([getattr(t, name), getattr(s, name)], 0))
+    return bn.eval()
+
+
+def stack_networks(teacher: nn.Module, student: nn.Module, stem_name: str) -> nn.Module:
+    """A copy of ``teacher`` whose every Conv2d/BatchNorm2d computes teacher and student at once.
+
+    Channels are laid out ``[teacher; student]`` throughout, so element-wise layers, pooling and
+    residual additions stay valid unchanged; outputs split in halves along channels.
+    """
+    stacked = copy.deepcopy(teacher)
+    student_modules = dict(student.named_modules())
+    for name, module in list(stacked.named_modules()):
+        other = student_modules.get(name)
+        if isinstance(module, nn.Conv2d):
+            replacement = _stack_conv(module, other, is_stem=(name == stem_name))
+        elif isinstance(module, nn.BatchNorm2d):
+            replacement = _stack_bn(module, other)
+        elif isinstance(module, (nn.Linear, nn.BatchNorm1d, nn.MultiheadAttention)):
+            raise ExportError(f"cannot stack layer {name} ({type(module).__name__}); use --layout separate")
+        else:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(stacked.get_submodule(parent_name) if parent_name else stacked, attr, replacement)
+    return stacked
+
+
+class StackedPair(nn.Module):
+    """Teacher and student as one network: ``forward(x) -> (teacher feats, student feats)``."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
+        super().__init__()
+        self.pair = stack_networks(teacher, student, teacher.stem_name)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        feats = self.pair(x)
+        halves = [f.chunk(2, dim=1) for f in feats]
+        return [h[0] for h in halves], [h[1] for h in halves]
+
+
+class SeparatePair(nn.Module):
+    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
+        super().__init__()
+        self.teacher, self.student = teacher, student
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return self.teacher(x), self.student(x)
+
+
+# --------------------------------------------------------------------------- the fused module
+
+
+class FusedSTPM(nn.Module):
+    """The exported computation: image -> (anomaly_map, score, score_normalized[, scale maps])."""
+
+    def __init__(self, model: STPM, calibration: dict, options: GraphOptions) -> None:
+        super().__init__()
+        cfg = model.config
+        self.options, self.size = options, (cfg.image_size, cfg.image_size)
+        self.blur_sigma, self.reduction, self.topk = cfg.blur_sigma, cfg.score_reduction, cfg.topk_fraction
+        self.calibration = calibration
+        teacher, student = copy.deepcopy(model.teacher).eval(), copy.deepcopy(model.student).eval()
+        pair_cls = StackedPair if options.layout == "stacked" else SeparatePair
+        self.pair = pair_cls(teacher, student).eval()
+        self.half_backbone = options.precision == "fp16"
+        if self.half_backbone:
+            self.pair.half()
+        # uint8 -> normalised float as one multiply-add: x * (1 / (255 std)) - mean / std
+        mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1))
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        if self.options.input_format == "float32_nchw":
+            return image
+        x = image.permute(0, 3, 1, 2).float()
+        if self.options.color_order == "BGR":
+            x = x.flip(1)  # the backbones' weights expect RGB
+        return x * self.scale + self.shift
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.preprocess(image)
+        if self.half_backbone:
+            x = x.half()
+        teacher, student = self.pair(x)
+        amap, scale_maps = am.anomaly_map(teacher, student, self.size, self.blur_sigma)
+        score = am.image_score(amap, self.reduction, self.topk)
+        c = self.calibration
+        normalized = am.normalize_score(score, c["image_threshold"], c["score_min"], c["score_max"])
+        outputs = (amap, score, normalized)
+        return outputs + tuple(scale_maps) if self.options.per_scale_maps else outputs
+
+
+# --------------------------------------------------------------------------- ONNX export
+
+
+def example_input(options: GraphOptions, image_size: int, batch: int = 2) -> torch.Tensor:
+    if options.input_format == "float32_nchw":
+        return torch.zeros(batch, 3, image_size, image_size)
+    return torch.zeros(batch, image_size, image_size, 3, dtype=torch.uint8)
+
+
+def output_names(options: GraphOptions) -> list[str]:
+    return OUTPUT_NAMES + (SCALE_MAP_NAMES if options.per_scale_maps else [])
+
+
+def trace_to_onnx(module: FusedSTPM, image_size: int) -> onnx.ModelProto:
+    """Trace with the TorchScript exporter (eval mode: BatchNorm folds into the convolutions)."""
+    options = module.options
+    names = output_names(options)
+    dynamic = {name: {0: "N"} for name in ["image", *names]}
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (example_input(options, image_size),), buffer, input_names=["image"],
+                          output_names=names, dynamic_axes=dynamic, opset_version=options.opset,
+                          do_constant_folding=True, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and dead-code removal by onnxslim (a maintained simplifier)."""
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+def build_metadata(model: STPM, calibration: dict, options: GraphOptions, checkpoint_sha256: str,
+                   precision: str | None = None) -> dict[str, str]:
+    cfg = model.config
+    values = {
+        "format": "stpm-edge-onnx/1",
+        "version": __version__,
+        "backbone": cfg.backbone,
+        "layers": cfg.layers,
+        "input_size": [cfg.image_size, cfg.image_size],
+        "input_format": options.input_format,
+        "color_order": options.color_order,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "calibration": calibration,
+        "image_threshold": calibration["image_threshold"],
+        "pixel_threshold": calibration["pixel_threshold"],
+        "precision": precision or options.precision,
+        "layout": options.layout,
+        "blur_sigma": cfg.blur_sigma,
+        "score_reduction": cfg.score_reduction,
+        "teacher_weights": cfg.teacher_weights,
+        "checkpoint_sha256": checkpoint_sha256,
+        "outputs": output_names(options),
+    }
+    return {f"stpm.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name, model.producer_version = "stpm-edge", __version__
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def check(model: onnx.ModelProto, where: str) -> None:
+    """``onnx.checker`` with full shape inference; an :class:`ExportError` naming the step."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:  # onnx raises ValidationError or InferenceError
+        raise ExportError(f"{where}: the graph failed onnx.checker: {exc}") from exc
+
+
+def build_graph(model: STPM, calibration: dict, options: GraphOptions, checkpoint_sha256: str) -> onnx.ModelProto:
+    """The checked, simplified fused graph of ``model`` with its metadata."""
+    if not calibration:
+        raise ExportError(note("the checkpoint has no calibration", "use RUN_DIR/best.ckpt written by stpm-train"))
+    fused = FusedSTPM(model.eval(), calibration, options).eval()
+    graph = simplify(trace_to_onnx(fused, model.config.image_size))
+    set_metadata(graph, build_metadata(model, calibration, options, checkpoint_sha256))
+    check(graph, f"{options.precision} export")
+    return graph
+
+
+def fingerprint(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,158 @@
+"""Evaluation on a labelled MVTec-layout test set: metrics, per-image CSV, overlays and curves.
+
+The same code evaluates the PyTorch model and any exported graph: a *predictor* maps a batch of
+resized uint8 RGB images (B, S, S, 3) to (anomaly maps (B, S, S) float32, scores (B,) float32).
+Metrics are computed at the model's resolution (masks resized with nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stpm_edge.data.mvtec import Sample
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Predictions:
+    """Everything measured on a test set, in sample order."""
+
+    samples: list[Sample]
+    images: np.ndarray  # (N, S, S, 3) uint8 RGB, resized
+    masks: np.ndarray  # (N, S, S) bool
+    maps: np.ndarray  # (N, S, S) float32
+    scores: np.ndarray  # (N,) float32
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+
+def load_test_images(samples: list[Sample], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (images (N, S, S, 3) uint8 RGB, masks (N, S, S) bool), resized like training."""
+    from stpm_edge.data import read_image, read_mask
+    from stpm_edge.data.torch_dataset import resize_image, resize_mask
+
+    images = np.stack([resize_image(read_image(s.path), image_size) for s in samples])
+    masks = np.zeros((len(samples), image_size, image_size), dtype=bool)
+    for i, s in enumerate(samples):
+        if s.mask_path is not None:
+            masks[i] = resize_mask(read_mask(s.mask_path), image_size)[0] > 0.5
+    return images, masks
+
+
+def predict(samples: list[Sample], predictor: Predictor, image_size: int, batch_size: int = 8) -> Predictions:
+    images, masks = load_test_images(samples, image_size)
+    maps, scores = [], []
+    for start in range(0, len(images), batch_size):
+        m, s = predictor(images[start : start + batch_size])
+        maps.append(np.asarray(m, dtype=np.float32).reshape(len(s), image_size, image_size))
+        scores.append(np.asarray(s, dtype=np.float32).reshape(-1))
+    return Predictions(samples, images, masks, np.concatenate(maps), np.concatenate(scores))
+
+
+def torch_predictor(model, device: str = "cpu") -> Predictor:
+    """Predictor of a PyTorch :class:`~stpm_edge.model.STPM` (normalisation as in training)."""
+    import torch
+
+    from stpm_edge.data.torch_dataset import normalize
+
+    mean, std = model.config.mean, model.config.std
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.stack([normalize(im, mean, std) for im in images])).to(device)
+        amap, score = model.score_map(x)
+        return amap[:, 0].cpu().numpy(), score.cpu().numpy()
+
+    return run
+
+
+def compute_metrics(pred: Predictions) -> dict:
+    from stpm_edge.metrics import image_and_pixel_metrics, to_json_dict
+
+    return to_json_dict(image_and_pixel_metrics(pred.labels, pred.scores, pred.masks, pred.maps))
+
+
+def write_report(pred: Predictions, calibration: dict, out: Path, max_overlays: int = 12) -> dict:
+    """Write ``metrics.json``, ``predictions.csv``, ``roc.png``, ``pro.png`` and ``overlays.png``."""
+    from stpm_edge.calibration import normalized_scores
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = compute_metrics(pred)
+    normalized = normalized_scores(pred.scores, calibration)
+    verdicts = np.where(normalized >= 0.5, "NG", "OK")
+    labels = pred.labels
+    metrics["image_threshold"] = float(calibration["image_threshold"])
+    metrics["calibration_source"] = calibration.get("source", "unknown")
+    metrics["accuracy_at_threshold"] = float(np.mean((verdicts == "NG") == (labels == 1)))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_csv(out / "predictions.csv", pred, normalized, verdicts)
+    _write_plots(pred, calibration, out, metrics, max_overlays)
+    return metrics
+
+
+def _write_csv(path: Path, pred: Predictions, normalized: np.ndarray, verdicts: np.ndarray) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "defect_type", "score", "score_normalized", "verdict"])
+        for s, score, norm, verdict in zip(pred.samples, pred.scores, normalized, verdicts, strict=True):
+            writer.writerow([str(s.path), s.label, s.defect_type, f"{score:.6g}", f"{norm:.4f}", verdict])
+
+
+def _write_plots(pred: Predictions, calibration: dict, out: Path, metrics: dict, max_overlays: int) -> None:
+    from stpm_edge.metrics import pro_curve, roc_curve
+    from stpm_edge.plots import GridItem, plot_pro, plot_roc, save_overlay_grid
+
+    if len(set(pred.labels.tolist())) == 2:
+        fpr, tpr, _ = roc_curve(pred.labels, pred.scores)
+        plot_roc(fpr, tpr, metrics["image_auroc"], out / "roc.png", title="image ROC")
+    if pred.masks.any():
+        fpr, pro, _ = pro_curve(pred.masks, pred.maps, num_thresholds=2000)
+        plot_pro(fpr, pro, metrics["aupro"] or float("nan"), out / "pro.png")
+    order = _overlay_sample(pred.labels, max_overlays)
+    vmax = float(max(calibration["image_threshold"] * 2.0, 1e-12))
+    items = [GridItem(pred.images[i], pred.maps[i], float(pred.scores[i]), pred.masks[i],
+                      f"{pred.samples[i].defect_type}/{pred.samples[i].path.name}") for i in order]
+    save_overlay_grid(items, out / "overlays.png", vmin=0.0, vmax=vmax, threshold=calibration["image_threshold"])
+
+
+def _overlay_sample(labels: np.ndarray, count: int) -> list[int]:
+    """A few good and many defective images, spread over the test set, deterministic."""
+    good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    n_good = min(len(good), max(1, count // 4))
+    n_bad = min(len(bad), count - n_good)
+    pick = lambda idx, n: idx[np.linspace(0, len(idx) - 1, n).astype(int)].tolist() if n else []  # noqa: E731
+    return pick(good, n_good) + pick(bad, n_bad)
+
+
+def evaluate_checkpoint(ckpt: Path, data: str, category: str, out: Path, device: str = "cpu",
+                        batch_size: int = 8) -> dict:
+    """``stpm-eval``: evaluate a checkpoint on ``data/category/test``; returns the metrics."""
+    from stpm_edge.checkpoint import load_checkpoint, model_from_payload
+    from stpm_edge.data import MVTecCategory
+
+    payload = load_checkpoint(ckpt)
+    model = model_from_payload(payload, str(ckpt)).to(device)
+    samples = MVTecCategory(data, category).test()
+    pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
+    metrics = write_report(pred, payload["calibration"] or _fallback_calibration(pred), out)
+    logger.info("%s/%s: image AUROC %.4f, pixel AUROC %.4f, AUPRO %.4f", data, category,
+                metrics["image_auroc"], metrics["pixel_auroc"], metrics["aupro"] or float("nan"))
+    return metrics
+
+
+def _fallback_calibration(pred: Predictions) -> dict:
+    from stpm_edge.calibration import calibrate_from_good
+
+    logger.warning("checkpoint has no calibration: using the test set's good images")
+    return calibrate_from_good(pred.scores[pred.labels == 0])
