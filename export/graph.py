@@ -40,6 +40,7 @@ OUTPUT_NAMES = ["anomaly_map", "score", "score_normalized"]
 SCALE_MAP_NAMES = ["scale_map_0", "scale_map_1", "scale_map_2"]
 LAYOUTS = ("separate", "stacked")
 OPSET = 17
+THRESHOLD_NAME, SCALE_NAME = "calibration_threshold", "calibration_scale"
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,9 @@ class FusedSTPM(nn.Module):
         cfg = model.config
         self.options, self.size = options, (cfg.image_size, cfg.image_size)
         self.blur_sigma, self.reduction, self.topk = cfg.blur_sigma, cfg.score_reduction, cfg.topk_fraction
-        self.calibration = calibration
+        # named buffers -> named initializers, so a re-calibration can overwrite them in the ONNX
+        self.register_buffer(THRESHOLD_NAME, torch.tensor(float(calibration["image_threshold"])))
+        self.register_buffer(SCALE_NAME, torch.tensor(am.calibration_scale(calibration)))
         teacher, student = copy.deepcopy(model.teacher).eval(), copy.deepcopy(model.student).eval()
         pair_cls = StackedPair if options.layout == "stacked" else SeparatePair
         self.pair = pair_cls(teacher, student).eval()
@@ -170,8 +173,7 @@ class FusedSTPM(nn.Module):
         teacher, student = self.pair(x)
         amap, scale_maps = am.anomaly_map(teacher, student, self.size, self.blur_sigma)
         score = am.image_score(amap, self.reduction, self.topk)
-        c = self.calibration
-        normalized = am.normalize_score(score, c["image_threshold"], c["score_min"], c["score_max"])
+        normalized = am.normalize_score(score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME))
         outputs = (amap, score, normalized)
         return outputs + tuple(scale_maps) if self.options.per_scale_maps else outputs
 
@@ -255,12 +257,46 @@ def check(model: onnx.ModelProto, where: str) -> None:
         raise ExportError(f"{where}: the graph failed onnx.checker: {exc}") from exc
 
 
+def fix_output_shapes(graph: onnx.ModelProto, image_size: int, reductions: list[int]) -> None:
+    """Declare the maps' static shapes (N, 1, H, W): the tracer leaves them symbolic after Resize."""
+    sizes = {"anomaly_map": image_size} | {n: image_size // r for n, r in zip(SCALE_MAP_NAMES, reductions, strict=True)}
+    for output in graph.graph.output:
+        if output.name in sizes:
+            dims = output.type.tensor_type.shape.dim
+            for dim, value in zip(dims[1:], (1, sizes[output.name], sizes[output.name]), strict=True):
+                dim.Clear()
+                dim.dim_value = value
+
+
+def apply_calibration(graph: onnx.ModelProto, calibration: dict) -> None:
+    """Overwrite the graph's calibration constants and metadata (after a re-calibration)."""
+    from onnx import numpy_helper
+
+    values = {THRESHOLD_NAME: float(calibration["image_threshold"]), SCALE_NAME: am.calibration_scale(calibration)}
+    found = set()
+    for init in graph.graph.initializer:
+        if init.name in values:
+            dtype = numpy_helper.to_array(init).dtype
+            init.CopyFrom(numpy_helper.from_array(__import__("numpy").array(values[init.name], dtype=dtype), init.name))
+            found.add(init.name)
+    if found != set(values):
+        raise ExportError(f"re-calibration: initializers {sorted(set(values) - found)} not found in the graph")
+    metadata = read_metadata(graph)
+    metadata.update({"stpm.calibration": json.dumps(calibration),
+                     "stpm.image_threshold": json.dumps(calibration["image_threshold"]),
+                     "stpm.pixel_threshold": json.dumps(calibration["pixel_threshold"])})
+    set_metadata(graph, metadata)
+
+
 def build_graph(model: STPM, calibration: dict, options: GraphOptions, checkpoint_sha256: str) -> onnx.ModelProto:
     """The checked, simplified fused graph of ``model`` with its metadata."""
     if not calibration:
         raise ExportError(note("the checkpoint has no calibration", "use RUN_DIR/best.ckpt written by stpm-train"))
     fused = FusedSTPM(model.eval(), calibration, options).eval()
     graph = simplify(trace_to_onnx(fused, model.config.image_size))
+    from stpm_edge.backbones import get_backbone_spec
+
+    fix_output_shapes(graph, model.config.image_size, get_backbone_spec(model.config.backbone).reductions)
     set_metadata(graph, build_metadata(model, calibration, options, checkpoint_sha256))
     check(graph, f"{options.precision} export")
     return graph

@@ -56,8 +56,8 @@ def normalized_scores(scores: np.ndarray, calibration: dict) -> np.ndarray:
     """Normalised scores for reports, through the same function the exported graph uses."""
     import torch
 
-    from stpm_edge.anomaly_map import normalize_score
+    from stpm_edge.anomaly_map import calibration_scale, normalize_score
 
     normalized = normalize_score(torch.as_tensor(np.asarray(scores, dtype=np.float32)), calibration["image_threshold"],
-                                 calibration["score_min"], calibration["score_max"])
+                                 calibration_scale(calibration))
     return normalized.numpy()

@@ -27,8 +27,8 @@ class ModelConfig:
     backbone: str = "efficientnet_lite0"
     image_size: int = 256
     teacher_weights: str = "pretrained"
-    blur_sigma: float = 0.0
-    score_reduction: str = "max"
+    blur_sigma: float = 4.0
+    score_reduction: str = "topk"
     topk_fraction: float = 0.01
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
