@@ -27,7 +27,6 @@ from stpm_edge.benchmarks.runner import (
     run_job,
     run_job_isolated,
 )
-
 from stpm_edge.errors import ConfigError, StpmEdgeError, note
 
 logger = logging.getLogger("stpm_edge.benchmarks")

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from stpm_edge.benchmarks.profiling import make_trt_layer_profiler, reduce_ort_profile
 from stpm_edge.benchmarks.stats import LatencyStats
-
 from stpm_edge.errors import BackendError, ConfigError, StpmEdgeError, note
 
 logger = logging.getLogger(__name__)

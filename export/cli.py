@@ -52,41 +52,88 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     if len(values) == 1:
         values = (1, values[0], values[0])
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise argparse.ArgumentTypeError(f"--batch {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8")
+        raise argparse.ArgumentTypeError(
+            f"--batch {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8"
+        )
     return values  # type: ignore[return-value]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stpm-export", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="stpm-export", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     p.add_argument("checkpoint", type=Path, help="checkpoint from stpm-train (RUN_DIR/best.ckpt)")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     g = p.add_argument_group("graph")
-    g.add_argument("--input", choices=["uint8", "float"], default="uint8",
-                   help="uint8: camera frames (N,H,W,3), normalisation inside the graph; float: (N,3,H,W) normalised RGB")
-    g.add_argument("--color-order", choices=["bgr", "rgb"], default="bgr",
-                   help="channel order of uint8 frames (OpenCV and GStreamer appsinks give BGR)")
-    g.add_argument("--layout", choices=["auto", "separate", "stacked"], default="auto",
-                   help="stacked: teacher+student as one network of grouped convolutions (one kernel per layer); "
-                        "auto: stacked for GPU targets (--engine), separate for CPU")
-    g.add_argument("--per-scale-maps", action="store_true", help="also output scale_map_0..2 (diagnosis)")
+    g.add_argument(
+        "--input",
+        choices=["uint8", "float"],
+        default="uint8",
+        help="uint8: camera frames (N,H,W,3), normalisation inside the graph; float: (N,3,H,W) normalised RGB",
+    )
+    g.add_argument(
+        "--color-order",
+        choices=["bgr", "rgb"],
+        default="bgr",
+        help="channel order of uint8 frames (OpenCV and GStreamer appsinks give BGR)",
+    )
+    g.add_argument(
+        "--layout",
+        choices=["auto", "separate", "stacked"],
+        default="auto",
+        help="stacked: teacher+student as one network of grouped convolutions (one kernel per layer); "
+        "auto: stacked for GPU targets (--engine), separate for CPU",
+    )
+    g.add_argument(
+        "--per-scale-maps", action="store_true", help="also output scale_map_0..2 (diagnosis)"
+    )
     g.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     q = p.add_argument_group("precision")
     prec = q.add_mutually_exclusive_group()
-    prec.add_argument("--fp16", action="store_true", help="float16 backbones, float32 tail (explicit Casts)")
-    prec.add_argument("--int8", action="store_true", help="INT8 static quantisation (needs --calib)")
-    q.add_argument("--calib", type=Path, help="folder of good images: INT8 calibration and parity checks")
-    q.add_argument("--calib-limit", type=int, default=200, help="at most this many calibration images")
-    q.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="INT8 activation-range estimator")
+    prec.add_argument(
+        "--fp16", action="store_true", help="float16 backbones, float32 tail (explicit Casts)"
+    )
+    prec.add_argument(
+        "--int8", action="store_true", help="INT8 static quantisation (needs --calib)"
+    )
+    q.add_argument(
+        "--calib", type=Path, help="folder of good images: INT8 calibration and parity checks"
+    )
+    q.add_argument(
+        "--calib-limit", type=int, default=200, help="at most this many calibration images"
+    )
+    q.add_argument(
+        "--calib-method",
+        choices=["minmax", "entropy", "percentile"],
+        default="minmax",
+        help="INT8 activation-range estimator",
+    )
     t = p.add_argument_group("TensorRT engine (build on the device that will run it)")
-    t.add_argument("--engine", action="store_true", help="also build a serialized TensorRT engine beside the ONNX")
-    t.add_argument("--batch", type=parse_batch, default=(1, 1, 8), metavar="MIN:OPT:MAX",
-                   help="dynamic-batch optimisation profile of the engine")
-    t.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace limit")
-    t.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file (read if present, then updated)")
+    t.add_argument(
+        "--engine",
+        action="store_true",
+        help="also build a serialized TensorRT engine beside the ONNX",
+    )
+    t.add_argument(
+        "--batch",
+        type=parse_batch,
+        default=(1, 1, 8),
+        metavar="MIN:OPT:MAX",
+        help="dynamic-batch optimisation profile of the engine",
+    )
+    t.add_argument(
+        "--workspace-mb", type=int, default=1024, help="TensorRT builder workspace limit"
+    )
+    t.add_argument(
+        "--timing-cache",
+        type=Path,
+        help="TensorRT timing cache file (read if present, then updated)",
+    )
     s = p.add_argument_group("serving")
-    s.add_argument("--triton", type=Path, metavar="REPO_DIR", help="also write a Triton model repository")
+    s.add_argument(
+        "--triton", type=Path, metavar="REPO_DIR", help="also write a Triton model repository"
+    )
     s.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size")
     add_logging_args(p)
     return p
@@ -98,15 +145,27 @@ def _precision(args: argparse.Namespace) -> str:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.int8 and args.calib is None:
-        raise ConfigError(note("--int8 needs calibration images", "add --calib DIR (a folder of good images, e.g. train/good)"))
+        raise ConfigError(
+            note(
+                "--int8 needs calibration images",
+                "add --calib DIR (a folder of good images, e.g. train/good)",
+            )
+        )
     if args.output.suffix.lower() != ".onnx":
-        raise ConfigError(note(f"-o {args.output}: the output must be an .onnx file", "e.g. -o model.onnx"))
+        raise ConfigError(
+            note(f"-o {args.output}: the output must be an .onnx file", "e.g. -o model.onnx")
+        )
     targets = [args.output] + ([args.output.with_suffix(".engine")] if args.engine else [])
     if args.triton is not None:
         targets.append(args.triton / "stpm")
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.force:
-        raise OutputExistsError(note(f"output exists: {', '.join(existing)}", "nothing was written; pass --force to overwrite"))
+        raise OutputExistsError(
+            note(
+                f"output exists: {', '.join(existing)}",
+                "nothing was written; pass --force to overwrite",
+            )
+        )
 
 
 def _frames(args: argparse.Namespace, size: int, color_order: str):
@@ -120,10 +179,14 @@ def _frames(args: argparse.Namespace, size: int, color_order: str):
     if args.calib is None:
         return synthetic_frames(8, size)
     if not args.calib.is_dir():
-        raise ConfigError(note(f"--calib {args.calib} is not a folder", "give a folder of good images"))
+        raise ConfigError(
+            note(f"--calib {args.calib} is not a folder", "give a folder of good images")
+        )
     paths = list_images(args.calib)[: args.calib_limit]
     if not paths:
-        raise ConfigError(note(f"--calib {args.calib} holds no images", "give a folder of good .png/.jpg images"))
+        raise ConfigError(
+            note(f"--calib {args.calib} holds no images", "give a folder of good .png/.jpg images")
+        )
     frames = np.stack([resize_image(read_image(p), size) for p in paths])
     return frames[..., ::-1].copy() if color_order == "BGR" else frames
 
@@ -134,17 +197,20 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
 
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.export import graph as G
-    from stpm_edge.export import parity
 
     _check_args(args)
     precision = _precision(args)
     payload = load_checkpoint(args.checkpoint)
     model = model_from_payload(payload, str(args.checkpoint))
     layout = args.layout if args.layout != "auto" else ("stacked" if args.engine else "separate")
-    options = G.GraphOptions(input_format="uint8_nhwc" if args.input == "uint8" else "float32_nchw",
-                             color_order=args.color_order.upper(), layout=layout,
-                             precision="fp16" if precision == "fp16" else "fp32",
-                             per_scale_maps=args.per_scale_maps, opset=args.opset)
+    options = G.GraphOptions(
+        input_format="uint8_nhwc" if args.input == "uint8" else "float32_nchw",
+        color_order=args.color_order.upper(),
+        layout=layout,
+        precision="fp16" if precision == "fp16" else "fp32",
+        per_scale_maps=args.per_scale_maps,
+        opset=args.opset,
+    )
     sha = G.fingerprint(args.checkpoint)
     graph = G.build_graph(model, payload["calibration"], options, sha)
     frames = _frames(args, model.config.image_size, options.color_order)
@@ -182,8 +248,10 @@ def _recalibrate(graph, payload: dict, image_size: int, options) -> None:
 
     paths = [Path(p) for p in payload.get("val_paths", [])]
     if not paths or not all(p.is_file() for p in paths):
-        logger.warning("validation images of this run not found: keeping the checkpoint's calibration "
-                       "(re-export on the training machine for thresholds fitted to this precision)")
+        logger.warning(
+            "validation images of this run not found: keeping the checkpoint's calibration "
+            "(re-export on the training machine for thresholds fitted to this precision)"
+        )
         return
     rgb = np.stack([resize_image(read_image(p), image_size) for p in paths])
     if options.input_format == "uint8_nhwc":
@@ -192,7 +260,11 @@ def _recalibrate(graph, payload: dict, image_size: int, options) -> None:
         frames = _to_float_input(rgb, payload_config(payload), "RGB")
     calibration = calibrate_from_good(run_onnx(graph, frames)["score"])
     G.apply_calibration(graph, calibration)
-    logger.info("re-calibrated on %d validation images: image threshold %.4g", len(paths), calibration["image_threshold"])
+    logger.info(
+        "re-calibrated on %d validation images: image threshold %.4g",
+        len(paths),
+        calibration["image_threshold"],
+    )
 
 
 def payload_config(payload: dict):
@@ -209,8 +281,12 @@ def _parity(graph, model, calibration, options, frames, precision):
 
     if options.input_format != "uint8_nhwc":
         frames = _to_float_input(frames, model.config, options.color_order)
-    reference = G.FusedSTPM(model, calibration, replace(options, precision="fp32", per_scale_maps=False)).eval()
-    report = parity.compare(parity.run_torch(reference, frames), parity.run_onnx(graph, frames), precision)
+    reference = G.FusedSTPM(
+        model, calibration, replace(options, precision="fp32", per_scale_maps=False)
+    ).eval()
+    report = parity.compare(
+        parity.run_torch(reference, frames), parity.run_onnx(graph, frames), precision
+    )
     parity.require(report)
     logger.info("parity vs PyTorch: %s", report.summary())
     return report
@@ -230,14 +306,25 @@ def _downstream(args: argparse.Namespace, result: ExportResult) -> None:
     if args.engine:
         from stpm_edge.export.trt_build import build_engine
 
-        info = build_engine(args.output, args.output.with_suffix(".engine"), batch=args.batch,
-                            workspace_mb=args.workspace_mb, timing_cache=args.timing_cache, force=args.force)
+        info = build_engine(
+            args.output,
+            args.output.with_suffix(".engine"),
+            batch=args.batch,
+            workspace_mb=args.workspace_mb,
+            timing_cache=args.timing_cache,
+            force=args.force,
+        )
         result.engine_path = Path(info.engine_path)
     if args.triton is not None:
         from stpm_edge.export.triton import write_triton_repository
 
-        result.triton_dir = write_triton_repository(args.triton, args.output, engine_path=result.engine_path,
-                                                    max_batch_size=args.max_batch_size, force=args.force)
+        result.triton_dir = write_triton_repository(
+            args.triton,
+            args.output,
+            engine_path=result.engine_path,
+            max_batch_size=args.max_batch_size,
+            force=args.force,
+        )
 
 
 def describe(result: ExportResult) -> str:
@@ -245,19 +332,25 @@ def describe(result: ExportResult) -> str:
     import onnx
 
     model = onnx.load(result.onnx_path, load_external_data=False)
-    lines = [f"wrote {result.onnx_path} ({result.onnx_path.stat().st_size / 2**20:.2f} MiB, {result.precision}, "
-             f"opset {model.opset_import[0].version})"]
+    lines = [
+        f"wrote {result.onnx_path} ({result.onnx_path.stat().st_size / 2**20:.2f} MiB, {result.precision}, "
+        f"opset {model.opset_import[0].version})"
+    ]
     for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
         for v in values:
             dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
             lines.append(f"  {kind:6s} {v.name:18s} {str(dtype):8s} ({', '.join(map(str, dims))})")
     meta = {p.key: p.value for p in model.metadata_props}
-    lines.append(f"  layout {meta.get('stpm.layout')}, colour order {meta.get('stpm.color_order')}, "
-                 f"image threshold {float(meta['stpm.image_threshold']):.4g}")
+    lines.append(
+        f"  layout {meta.get('stpm.layout')}, colour order {meta.get('stpm.color_order')}, "
+        f"image threshold {float(meta['stpm.image_threshold']):.4g}"
+    )
     p = result.parity
-    lines.append(f"  parity vs PyTorch fp32 on {p['frames']} frames: max map error {p['max_rel_map_error']:.2e} of peak, "
-                 f"score error {p['max_rel_score_error']:.2e} rel, same ranking: {p['same_score_ranking']}, finite: {p['finite']}")
+    lines.append(
+        f"  parity vs PyTorch fp32 on {p['frames']} frames: max map error {p['max_rel_map_error']:.2e} of peak, "
+        f"score error {p['max_rel_score_error']:.2e} rel, same ranking: {p['same_score_ranking']}, finite: {p['finite']}"
+    )
     if result.engine_path:
         lines.append(f"wrote {result.engine_path}")
     if result.triton_dir:

@@ -55,11 +55,20 @@ class GraphOptions:
     opset: int = OPSET
 
     def __post_init__(self) -> None:
-        checks = {"input_format": ("uint8_nhwc", "float32_nchw"), "color_order": ("BGR", "RGB"),
-                  "layout": LAYOUTS, "precision": ("fp32", "fp16")}
+        checks = {
+            "input_format": ("uint8_nhwc", "float32_nchw"),
+            "color_order": ("BGR", "RGB"),
+            "layout": LAYOUTS,
+            "precision": ("fp32", "fp16"),
+        }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(note(f"invalid {name} {getattr(self, name)!r}", f"expected one of {', '.join(allowed)}"))
+                raise ConfigError(
+                    note(
+                        f"invalid {name} {getattr(self, name)!r}",
+                        f"expected one of {', '.join(allowed)}",
+                    )
+                )
         if self.opset < 17:
             raise ConfigError(note(f"--opset {self.opset} is too old", "use 17 or newer"))
 
@@ -71,8 +80,17 @@ def _stack_conv(t: nn.Conv2d, s: nn.Conv2d, is_stem: bool) -> nn.Conv2d:
     """One convolution computing both: the stem shares its input, the rest get 2x the groups."""
     in_ch = t.in_channels if is_stem else 2 * t.in_channels
     groups = t.groups if is_stem else 2 * t.groups
-    conv = nn.Conv2d(in_ch, 2 * t.out_channels, t.kernel_size, t.stride, t.padding, t.dilation, groups,
-                     bias=t.bias is not None, padding_mode=t.padding_mode)
+    conv = nn.Conv2d(
+        in_ch,
+        2 * t.out_channels,
+        t.kernel_size,
+        t.stride,
+        t.padding,
+        t.dilation,
+        groups,
+        bias=t.bias is not None,
+        padding_mode=t.padding_mode,
+    )
     with torch.no_grad():
         conv.weight.copy_(torch.cat([t.weight, s.weight], 0))
         if t.bias is not None:
@@ -103,7 +121,9 @@ def stack_networks(teacher: nn.Module, student: nn.Module, stem_name: str) -> nn
         elif isinstance(module, nn.BatchNorm2d):
             replacement = _stack_bn(module, other)
         elif isinstance(module, (nn.Linear, nn.BatchNorm1d, nn.MultiheadAttention)):
-            raise ExportError(f"cannot stack layer {name} ({type(module).__name__}); use --layout separate")
+            raise ExportError(
+                f"cannot stack layer {name} ({type(module).__name__}); use --layout separate"
+            )
         else:
             continue
         parent_name, _, attr = name.rpartition(".")
@@ -143,7 +163,11 @@ class FusedSTPM(nn.Module):
         super().__init__()
         cfg = model.config
         self.options, self.size = options, (cfg.image_size, cfg.image_size)
-        self.blur_sigma, self.reduction, self.topk = cfg.blur_sigma, cfg.score_reduction, cfg.topk_fraction
+        self.blur_sigma, self.reduction, self.topk = (
+            cfg.blur_sigma,
+            cfg.score_reduction,
+            cfg.topk_fraction,
+        )
         # named buffers -> named initializers, so a re-calibration can overwrite them in the ONNX
         self.register_buffer(THRESHOLD_NAME, torch.tensor(float(calibration["image_threshold"])))
         self.register_buffer(SCALE_NAME, torch.tensor(am.calibration_scale(calibration)))
@@ -173,7 +197,9 @@ class FusedSTPM(nn.Module):
         teacher, student = self.pair(x)
         amap, scale_maps = am.anomaly_map(teacher, student, self.size, self.blur_sigma)
         score = am.image_score(amap, self.reduction, self.topk)
-        normalized = am.normalize_score(score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME))
+        normalized = am.normalize_score(
+            score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME)
+        )
         outputs = (amap, score, normalized)
         return outputs + tuple(scale_maps) if self.options.per_scale_maps else outputs
 
@@ -198,9 +224,17 @@ def trace_to_onnx(module: FusedSTPM, image_size: int) -> onnx.ModelProto:
     dynamic = {name: {0: "N"} for name in ["image", *names]}
     buffer = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(module, (example_input(options, image_size),), buffer, input_names=["image"],
-                          output_names=names, dynamic_axes=dynamic, opset_version=options.opset,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example_input(options, image_size),),
+            buffer,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=options.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -211,8 +245,13 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnxslim.slim(model)
 
 
-def build_metadata(model: STPM, calibration: dict, options: GraphOptions, checkpoint_sha256: str,
-                   precision: str | None = None) -> dict[str, str]:
+def build_metadata(
+    model: STPM,
+    calibration: dict,
+    options: GraphOptions,
+    checkpoint_sha256: str,
+    precision: str | None = None,
+) -> dict[str, str]:
     cfg = model.config
     values = {
         "format": "stpm-edge-onnx/1",
@@ -259,11 +298,15 @@ def check(model: onnx.ModelProto, where: str) -> None:
 
 def fix_output_shapes(graph: onnx.ModelProto, image_size: int, reductions: list[int]) -> None:
     """Declare the maps' static shapes (N, 1, H, W): the tracer leaves them symbolic after Resize."""
-    sizes = {"anomaly_map": image_size} | {n: image_size // r for n, r in zip(SCALE_MAP_NAMES, reductions, strict=True)}
+    sizes = {"anomaly_map": image_size} | {
+        n: image_size // r for n, r in zip(SCALE_MAP_NAMES, reductions, strict=True)
+    }
     for output in graph.graph.output:
         if output.name in sizes:
             dims = output.type.tensor_type.shape.dim
-            for dim, value in zip(dims[1:], (1, sizes[output.name], sizes[output.name]), strict=True):
+            for dim, value in zip(
+                dims[1:], (1, sizes[output.name], sizes[output.name]), strict=True
+            ):
                 dim.Clear()
                 dim.dim_value = value
 
@@ -272,31 +315,50 @@ def apply_calibration(graph: onnx.ModelProto, calibration: dict) -> None:
     """Overwrite the graph's calibration constants and metadata (after a re-calibration)."""
     from onnx import numpy_helper
 
-    values = {THRESHOLD_NAME: float(calibration["image_threshold"]), SCALE_NAME: am.calibration_scale(calibration)}
+    values = {
+        THRESHOLD_NAME: float(calibration["image_threshold"]),
+        SCALE_NAME: am.calibration_scale(calibration),
+    }
     found = set()
     for init in graph.graph.initializer:
         if init.name in values:
             dtype = numpy_helper.to_array(init).dtype
-            init.CopyFrom(numpy_helper.from_array(__import__("numpy").array(values[init.name], dtype=dtype), init.name))
+            init.CopyFrom(
+                numpy_helper.from_array(
+                    __import__("numpy").array(values[init.name], dtype=dtype), init.name
+                )
+            )
             found.add(init.name)
     if found != set(values):
-        raise ExportError(f"re-calibration: initializers {sorted(set(values) - found)} not found in the graph")
+        raise ExportError(
+            f"re-calibration: initializers {sorted(set(values) - found)} not found in the graph"
+        )
     metadata = read_metadata(graph)
-    metadata.update({"stpm.calibration": json.dumps(calibration),
-                     "stpm.image_threshold": json.dumps(calibration["image_threshold"]),
-                     "stpm.pixel_threshold": json.dumps(calibration["pixel_threshold"])})
+    metadata.update(
+        {
+            "stpm.calibration": json.dumps(calibration),
+            "stpm.image_threshold": json.dumps(calibration["image_threshold"]),
+            "stpm.pixel_threshold": json.dumps(calibration["pixel_threshold"]),
+        }
+    )
     set_metadata(graph, metadata)
 
 
-def build_graph(model: STPM, calibration: dict, options: GraphOptions, checkpoint_sha256: str) -> onnx.ModelProto:
+def build_graph(
+    model: STPM, calibration: dict, options: GraphOptions, checkpoint_sha256: str
+) -> onnx.ModelProto:
     """The checked, simplified fused graph of ``model`` with its metadata."""
     if not calibration:
-        raise ExportError(note("the checkpoint has no calibration", "use RUN_DIR/best.ckpt written by stpm-train"))
+        raise ExportError(
+            note("the checkpoint has no calibration", "use RUN_DIR/best.ckpt written by stpm-train")
+        )
     fused = FusedSTPM(model.eval(), calibration, options).eval()
     graph = simplify(trace_to_onnx(fused, model.config.image_size))
     from stpm_edge.backbones import get_backbone_spec
 
-    fix_output_shapes(graph, model.config.image_size, get_backbone_spec(model.config.backbone).reductions)
+    fix_output_shapes(
+        graph, model.config.image_size, get_backbone_spec(model.config.backbone).reductions
+    )
     set_metadata(graph, build_metadata(model, calibration, options, checkpoint_sha256))
     check(graph, f"{options.precision} export")
     return graph

@@ -28,7 +28,9 @@ BACKBONE_SCOPES = ("/pair/",)  # node-name prefix of everything inside the two n
 class FrameReader:
     """ONNX Runtime ``CalibrationDataReader`` over uint8 frames (N, H, W, 3), one batch at a time."""
 
-    def __init__(self, frames: np.ndarray, input_name: str = "image", batch: int = 1, progress: bool = True) -> None:
+    def __init__(
+        self, frames: np.ndarray, input_name: str = "image", batch: int = 1, progress: bool = True
+    ) -> None:
         self.frames, self.input_name, self.batch = frames, input_name, batch
         self._iter: Iterator[dict[str, np.ndarray]] | None = None
         self._progress = progress
@@ -37,7 +39,9 @@ class FrameReader:
         from tqdm import tqdm
 
         starts = range(0, len(self.frames), self.batch)
-        for start in tqdm(starts, desc="INT8 calibration", unit="batch", disable=not self._progress, leave=False):
+        for start in tqdm(
+            starts, desc="INT8 calibration", unit="batch", disable=not self._progress, leave=False
+        ):
             yield {self.input_name: self.frames[start : start + self.batch]}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -49,7 +53,9 @@ class FrameReader:
         self._iter = None
 
 
-def backbone_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def backbone_nodes(
+    model: onnx.ModelProto, op_types: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     """(nodes to quantise, float nodes of those op types outside the backbones)."""
     inside, outside = [], []
     for node in model.graph.node:
@@ -58,16 +64,29 @@ def backbone_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> tuple[l
     return inside, outside
 
 
-def quantize_int8(fp32_model: onnx.ModelProto, calibration_frames: np.ndarray, method: str = "minmax",
-                  quantize_adds: bool = True, progress: bool = True) -> onnx.ModelProto:
+def quantize_int8(
+    fp32_model: onnx.ModelProto,
+    calibration_frames: np.ndarray,
+    method: str = "minmax",
+    quantize_adds: bool = True,
+    progress: bool = True,
+) -> onnx.ModelProto:
     """Quantise a fused FP32 graph with calibration frames (uint8, the graph's input layout)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if len(calibration_frames) == 0:
-        raise ExportError(note("INT8 calibration has no images", "pass --calib DIR with good images (50-300 is plenty)"))
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+        raise ExportError(
+            note(
+                "INT8 calibration has no images",
+                "pass --calib DIR with good images (50-300 is plenty)",
+            )
+        )
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     op_types = ("Conv", "Add") if quantize_adds else ("Conv",)
     inside, outside = backbone_nodes(fp32_model, op_types)
     if not inside:
@@ -77,11 +96,23 @@ def quantize_int8(fp32_model: onnx.ModelProto, calibration_frames: np.ndarray, m
         onnx.save(fp32_model, src)
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(
-            str(pre), str(dst), FrameReader(calibration_frames, progress=progress), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types), nodes_to_exclude=outside, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
+            str(pre),
+            str(dst),
+            FrameReader(calibration_frames, progress=progress),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            nodes_to_exclude=outside,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         quantized = onnx.load(dst)
-    logger.info("INT8: quantised %d nodes, kept %d %s nodes of the tail in float32", len(inside), len(outside), "/".join(op_types))
+    logger.info(
+        "INT8: quantised %d nodes, kept %d %s nodes of the tail in float32",
+        len(inside),
+        len(outside),
+        "/".join(op_types),
+    )
     return quantized

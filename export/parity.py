@@ -39,31 +39,42 @@ class ParityReport:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"{self.precision}: {self.frames} frames, finite={self.finite}, max map error "
-                f"{self.max_rel_map_error:.2e} of peak ({self.max_abs_map_error:.2e} abs), "
-                f"score error {self.max_rel_score_error:.2e} rel, same ranking={self.same_score_ranking}")
+        return (
+            f"{self.precision}: {self.frames} frames, finite={self.finite}, max map error "
+            f"{self.max_rel_map_error:.2e} of peak ({self.max_abs_map_error:.2e} abs), "
+            f"score error {self.max_rel_score_error:.2e} rel, same ranking={self.same_score_ranking}"
+        )
 
 
 def synthetic_frames(count: int, size: int, seed: int = 0) -> np.ndarray:
     """Hard inputs for numerics: all-black, all-white, noise and smooth gradients (N, S, S, 3) uint8."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    frames = [np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8),
-              rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-              np.broadcast_to((ramp[:, None, None] + ramp[None, :, None]) / 2, (size, size, 3)).astype(np.uint8)]
+    frames = [
+        np.zeros((size, size, 3), np.uint8),
+        np.full((size, size, 3), 255, np.uint8),
+        rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        np.broadcast_to((ramp[:, None, None] + ramp[None, :, None]) / 2, (size, size, 3)).astype(
+            np.uint8
+        ),
+    ]
     while len(frames) < count:
         frames.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
     return np.stack(frames[:count])
 
 
-def run_onnx(model: onnx.ModelProto | Path, frames: np.ndarray, batch: int = 4) -> dict[str, np.ndarray]:
+def run_onnx(
+    model: onnx.ModelProto | Path, frames: np.ndarray, batch: int = 4
+) -> dict[str, np.ndarray]:
     """All outputs of an ONNX graph on ONNX Runtime's CPU provider, batch by batch."""
     import onnxruntime as ort
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    chunks = [session.run(names, {"image": frames[i : i + batch]}) for i in range(0, len(frames), batch)]
+    chunks = [
+        session.run(names, {"image": frames[i : i + batch]}) for i in range(0, len(frames), batch)
+    ]
     return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(names)}
 
 
@@ -75,8 +86,13 @@ def run_torch(fused: torch.nn.Module, frames: np.ndarray, batch: int = 4) -> dic
     return {n: torch.cat([o[k] for o in outputs]).numpy() for k, n in enumerate(names)}
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], precision: str) -> ParityReport:
-    ref_map, got_map = reference["anomaly_map"].astype(np.float64), candidate["anomaly_map"].astype(np.float64)
+def compare(
+    reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], precision: str
+) -> ParityReport:
+    ref_map, got_map = (
+        reference["anomaly_map"].astype(np.float64),
+        candidate["anomaly_map"].astype(np.float64),
+    )
     ref_s, got_s = reference["score"].astype(np.float64), candidate["score"].astype(np.float64)
     diff = np.abs(got_map - ref_map)
     peaks = np.abs(ref_map).reshape(len(ref_map), -1).max(axis=1).clip(min=1e-30)
@@ -90,16 +106,25 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
         allclose_worst_ratio=float((diff / (FP32_RTOL * np.abs(ref_map) + FP32_ATOL)).max()),
         max_abs_score_error=float(np.abs(got_s - ref_s).max()),
         max_rel_score_error=float((np.abs(got_s - ref_s) / np.abs(ref_s).clip(min=1e-30)).max()),
-        same_score_ranking=bool(np.array_equal(np.argsort(ref_s, kind="stable"), np.argsort(got_s, kind="stable"))),
+        same_score_ranking=bool(
+            np.array_equal(np.argsort(ref_s, kind="stable"), np.argsort(got_s, kind="stable"))
+        ),
     )
 
 
 def require(report: ParityReport) -> None:
     """FP32 must pass allclose; every precision must be finite. :class:`ExportError` otherwise."""
     if not report.finite:
-        raise ExportError(note(f"{report.precision} graph produced NaN or Inf", "this is a bug: please report it with the checkpoint"))
+        raise ExportError(
+            note(
+                f"{report.precision} graph produced NaN or Inf",
+                "this is a bug: please report it with the checkpoint",
+            )
+        )
     if report.precision == "fp32" and report.allclose_worst_ratio > 1.0:
         raise ExportError(
-            note(f"fp32 graph differs from PyTorch on anomaly_map: max abs error {report.max_abs_map_error:.3g}",
-                 f"tolerance rtol={FP32_RTOL}, atol={FP32_ATOL}; worst ratio {report.allclose_worst_ratio:.2f} (<= 1 passes)")
+            note(
+                f"fp32 graph differs from PyTorch on anomaly_map: max abs error {report.max_abs_map_error:.3g}",
+                f"tolerance rtol={FP32_RTOL}, atol={FP32_ATOL}; worst ratio {report.allclose_worst_ratio:.2f} (<= 1 passes)",
+            )
         )

@@ -38,7 +38,9 @@ def scale_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor
 def stpm_loss(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
     """The paper's loss: per scale the mean over positions of ``scale_distance``, summed over scales
     and averaged over the batch. Returns a float32 scalar."""
-    return sum(scale_distance(t, s).mean() for t, s in zip(teacher_feats, student_feats, strict=True))
+    return sum(
+        scale_distance(t, s).mean() for t, s in zip(teacher_feats, student_feats, strict=True)
+    )
 
 
 def upsample(scale_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -87,18 +89,23 @@ def anomaly_map(
     return gaussian_blur(combine_scales(scale_maps, size), blur_sigma), scale_maps
 
 
-def image_score(anomaly: torch.Tensor, reduction: str = "max", topk_fraction: float = 0.01) -> torch.Tensor:
+def image_score(
+    anomaly: torch.Tensor, reduction: str = "max", topk_fraction: float = 0.01
+) -> torch.Tensor:
     """(B, 1, H, W) -> (B,) float32: the max of the map, or the mean of its top-k pixels."""
     flat = anomaly.flatten(1)
     if reduction == "max":
         return flat.amax(dim=1)
     if reduction == "topk":
-        k = max(1, int(round(flat.shape[1] * topk_fraction)))
+        # int(): under ONNX tracing shape entries are tensors; H and W are static in the graph
+        k = max(1, int(round(int(flat.shape[1]) * topk_fraction)))
         return flat.topk(k, dim=1).values.mean(dim=1)
     raise ValueError(f"unknown score reduction {reduction!r}; expected 'max' or 'topk'")
 
 
-def normalize_score(score: torch.Tensor, threshold: float | torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+def normalize_score(
+    score: torch.Tensor, threshold: float | torch.Tensor, scale: float | torch.Tensor
+) -> torch.Tensor:
     """Map raw scores to [0, 1] with the calibrated threshold at 0.5 (DESIGN.md §4).
 
     ``scale`` is ``score_max - score_min`` of the calibration. Both may be tensors, so an exported

@@ -32,8 +32,12 @@ def calibrate_from_good(scores: np.ndarray) -> dict[str, float | str]:
     }
 
 
-def calibrate_from_labels(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None,
-                          maps: np.ndarray | None = None) -> dict[str, float | str]:
+def calibrate_from_labels(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray | None = None,
+    maps: np.ndarray | None = None,
+) -> dict[str, float | str]:
     """F1-optimal thresholds from labelled images (and pixel masks when given)."""
     from stpm_edge.metrics import f1_max
 
@@ -58,6 +62,9 @@ def normalized_scores(scores: np.ndarray, calibration: dict) -> np.ndarray:
 
     from stpm_edge.anomaly_map import calibration_scale, normalize_score
 
-    normalized = normalize_score(torch.as_tensor(np.asarray(scores, dtype=np.float32)), calibration["image_threshold"],
-                                 calibration_scale(calibration))
+    normalized = normalize_score(
+        torch.as_tensor(np.asarray(scores, dtype=np.float32)),
+        calibration["image_threshold"],
+        calibration_scale(calibration),
+    )
     return normalized.numpy()

@@ -27,10 +27,16 @@ REQUIRED_KEYS = ("format", "config", "teacher", "student", "calibration")
 def library_versions() -> dict[str, str]:
     import torchvision
 
-    return {"stpm_edge": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    return {
+        "stpm_edge": __version__,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+    }
 
 
-def save_checkpoint(path: Path, model: STPM, calibration: dict[str, Any] | None, **fields: Any) -> None:
+def save_checkpoint(
+    path: Path, model: STPM, calibration: dict[str, Any] | None, **fields: Any
+) -> None:
     """Write atomically (temp file + rename) so a killed run never leaves a truncated checkpoint."""
     payload = {
         "format": FORMAT,
@@ -51,20 +57,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint dict; :class:`CheckpointError` naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(note(f"checkpoint not found: {path}", "train one with stpm-train (it writes RUN_DIR/best.ckpt)"))
+        raise CheckpointError(
+            note(
+                f"checkpoint not found: {path}",
+                "train one with stpm-train (it writes RUN_DIR/best.ckpt)",
+            )
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickled module, random bytes: all unreadable here
         raise CheckpointError(
-            note(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                 "the file is truncated, corrupt or not an stpm-edge checkpoint; use RUN_DIR/best.ckpt from stpm-train")
+            note(
+                f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                "the file is truncated, corrupt or not an stpm-edge checkpoint; use RUN_DIR/best.ckpt from stpm-train",
+            )
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(note(f"{path} is not an stpm-edge checkpoint", f"expected format {FORMAT!r}, got {found!r}"))
+        raise CheckpointError(
+            note(
+                f"{path} is not an stpm-edge checkpoint",
+                f"expected format {FORMAT!r}, got {found!r}",
+            )
+        )
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
-        raise CheckpointError(note(f"checkpoint {path} is incomplete", f"missing keys: {', '.join(missing)}"))
+        raise CheckpointError(
+            note(f"checkpoint {path} is incomplete", f"missing keys: {', '.join(missing)}")
+        )
     return payload
 
 
@@ -76,7 +96,11 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> S
         model.teacher.load_state_dict(payload["teacher"], strict=True)
         model.student.load_state_dict(payload["student"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(note(f"{source}: weights do not fit backbone {config.backbone}", str(exc).splitlines()[0])) from exc
+        raise CheckpointError(
+            note(
+                f"{source}: weights do not fit backbone {config.backbone}", str(exc).splitlines()[0]
+            )
+        ) from exc
     return model.eval()
 
 

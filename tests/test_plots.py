@@ -9,10 +9,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from stpm_edge.runtime import visualize
 
 from stpm_edge import metrics, plots
 from stpm_edge.errors import DataError
+from stpm_edge.runtime import visualize
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

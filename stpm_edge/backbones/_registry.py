@@ -110,7 +110,9 @@ def get_backbone_spec(name: str) -> BackboneSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(
-            note(f"unknown backbone {name!r}", f"registered backbones: {', '.join(list_backbones())}")
+            note(
+                f"unknown backbone {name!r}", f"registered backbones: {', '.join(list_backbones())}"
+            )
         ) from None
 
 
@@ -142,16 +144,24 @@ def sha256_file(path: Path) -> str:
 def read_state_dict(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Load a plain state dict safely (``weights_only=True``), verifying its hash if known."""
     if not path.is_file():
-        raise WeightsError(note(f"weights file not found: {path}", "give an existing state-dict file"))
+        raise WeightsError(
+            note(f"weights file not found: {path}", "give an existing state-dict file")
+        )
     if expected_sha256 is not None and sha256_file(path) != expected_sha256:
         raise WeightsError(
-            note(f"weights file {path} failed its sha256 check", f"expected {expected_sha256}; reinstall the package that ships it")
+            note(
+                f"weights file {path} failed its sha256 check",
+                f"expected {expected_sha256}; reinstall the package that ships it",
+            )
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or pickled files
         raise WeightsError(
-            note(f"cannot read weights file {path}: {exc}", "expected a state dict saved with torch.save(model.state_dict())")
+            note(
+                f"cannot read weights file {path}: {exc}",
+                "expected a state dict saved with torch.save(model.state_dict())",
+            )
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

@@ -16,11 +16,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import BackboneSpec, FeatureStage, FeatureTrunk, WeightsCfg, read_state_dict, register_backbone
+from ._registry import (
+    BackboneSpec,
+    FeatureStage,
+    FeatureTrunk,
+    WeightsCfg,
+    read_state_dict,
+    register_backbone,
+)
 
 # (expand ratio, kernel, stride, output channels, repeats) per stage; Lite0 = width 1.0, depth 1.0.
-LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+LITE0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 BN_EPS = 1e-3  # the TensorFlow checkpoints' batch-norm epsilon
 FEATURE_BLOCKS = (2, 4, 10)  # last block of the stride-4, -8 and -16 stages
 
@@ -141,7 +155,11 @@ def efficientnet_lite0() -> BackboneSpec:
         build_classifier=EfficientNetLite,
         build_trunk=EfficientNetLiteTrunk,
         load_pretrained=_load_lite0,
-        stages=(FeatureStage("_blocks.2", 24, 4), FeatureStage("_blocks.4", 40, 8), FeatureStage("_blocks.10", 112, 16)),
+        stages=(
+            FeatureStage("_blocks.2", 24, 4),
+            FeatureStage("_blocks.4", 40, 8),
+            FeatureStage("_blocks.10", 112, 16),
+        ),
         stem="_conv_stem",
         weights=LITE0_WEIGHTS,
         offline=True,

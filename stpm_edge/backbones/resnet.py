@@ -12,7 +12,15 @@ from torch import nn
 
 from stpm_edge.errors import WeightsError, note
 
-from ._registry import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, FeatureStage, FeatureTrunk, WeightsCfg, register_backbone
+from ._registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneSpec,
+    FeatureStage,
+    FeatureTrunk,
+    WeightsCfg,
+    register_backbone,
+)
 
 
 class ResNetTrunk(FeatureTrunk):
@@ -22,7 +30,12 @@ class ResNetTrunk(FeatureTrunk):
 
     def __init__(self, full: nn.Module) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = full.conv1, full.bn1, full.relu, full.maxpool
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            full.conv1,
+            full.bn1,
+            full.relu,
+            full.maxpool,
+        )
         self.layer1, self.layer2, self.layer3 = full.layer1, full.layer2, full.layer3
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -66,8 +79,13 @@ def _resnet_spec(arch: str, channels: tuple[int, int, int]) -> BackboneSpec:
         load_pretrained=_torchvision_loader(arch),
         stages=tuple(FeatureStage(f"layer{i + 1}", c, 4 * 2**i) for i, c in enumerate(channels)),
         stem="conv1",
-        weights=WeightsCfg("tv_in1k", IMAGENET_MEAN, IMAGENET_STD, "BSD-3-Clause (torchvision)",
-                           "ImageNet-1k IMAGENET1K_V1 through torchvision's download cache"),
+        weights=WeightsCfg(
+            "tv_in1k",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "BSD-3-Clause (torchvision)",
+            "ImageNet-1k IMAGENET1K_V1 through torchvision's download cache",
+        ),
     )
 
 

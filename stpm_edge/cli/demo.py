@@ -22,15 +22,26 @@ def build_parser() -> argparse.ArgumentParser:
     from stpm_edge.demo import DemoConfig
 
     d = DemoConfig()
-    p = argparse.ArgumentParser(prog="stpm-demo", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="stpm-demo", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     p.add_argument("--out", type=Path, default=d.out, help="demo folder")
-    p.add_argument("--categories", default=",".join(d.categories), help="comma-separated demo categories")
+    p.add_argument(
+        "--categories", default=",".join(d.categories), help="comma-separated demo categories"
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs per category")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
     p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of data, split and training")
-    p.add_argument("--bench-seconds", type=float, default=d.bench_seconds, help="time per benchmark configuration")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: ORT's choice)")
+    p.add_argument(
+        "--bench-seconds",
+        type=float,
+        default=d.bench_seconds,
+        help="time per benchmark configuration",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime threads (default: ORT's choice)"
+    )
     add_logging_args(p)
     return p
 
@@ -38,9 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from stpm_edge.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=args.out, categories=tuple(c for c in args.categories.split(",") if c), epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, bench_seconds=args.bench_seconds,
-                     threads=args.threads)
+    cfg = DemoConfig(
+        out=args.out,
+        categories=tuple(c for c in args.categories.split(",") if c),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        bench_seconds=args.bench_seconds,
+        threads=args.threads,
+    )
     result = run_demo(cfg)
     print(f"demo report: {result.run_dir / 'report.md'}")
     return 0

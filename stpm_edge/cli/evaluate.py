@@ -21,8 +21,12 @@ example:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stpm-eval", description=DESCRIPTION, formatter_class=HelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by stpm-train (RUN_DIR/best.ckpt)")
+    p = argparse.ArgumentParser(
+        prog="stpm-eval", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    p.add_argument(
+        "checkpoint", type=Path, help="checkpoint written by stpm-train (RUN_DIR/best.ckpt)"
+    )
     p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     p.add_argument("--category", required=True, help="category folder under --data")
     p.add_argument("--out", type=Path, required=True, help="folder for the evaluation files")
@@ -38,8 +42,12 @@ def _run(args: argparse.Namespace) -> int:
     from stpm_edge.evaluate import evaluate_checkpoint
 
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        raise OutputExistsError(note(f"--out {args.out} exists and is not empty", "pass --force or another --out"))
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.category, args.out, args.device, args.batch_size)
+        raise OutputExistsError(
+            note(f"--out {args.out} exists and is not empty", "pass --force or another --out")
+        )
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.data, args.category, args.out, args.device, args.batch_size
+    )
     keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "accuracy_at_threshold")
     print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
     print(f"wrote {args.out}/metrics.json")

@@ -22,37 +22,91 @@ def build_parser() -> argparse.ArgumentParser:
     from stpm_edge.train import TrainConfig
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="stpm-train", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="stpm-train", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     p.add_argument("--config", help="YAML file with any of these settings (dashes or underscores)")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="dataset root (MVTec AD layout) or a folder of good images (then no --category)")
+    g.add_argument(
+        "--data",
+        help="dataset root (MVTec AD layout) or a folder of good images (then no --category)",
+    )
     g.add_argument("--category", help=f"MVTec category folder under --data (default: {d.category})")
-    g.add_argument("--val-fraction", type=float, help=f"share of train/good held out for validation (default: {d.val_fraction})")
-    g.add_argument("--max-train-images", type=int, help="use at most this many training images (default: all)")
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share of train/good held out for validation (default: {d.val_fraction})",
+    )
+    g.add_argument(
+        "--max-train-images", type=int, help="use at most this many training images (default: all)"
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", help=f"teacher/student architecture, see stpm-train --list-backbones (default: {d.backbone})")
-    m.add_argument("--list-backbones", action="store_true", help="print the registered backbones and exit")
-    m.add_argument("--image-size", type=int, help=f"square input size, a multiple of 16 (default: {d.image_size})")
-    m.add_argument("--teacher-weights", help="'pretrained' (the backbone's ImageNet weights), a state-dict FILE, "
-                   f"or 'random' (plumbing tests only) (default: {d.teacher_weights})")
-    m.add_argument("--blur-sigma", type=float, help=f"Gaussian blur of the map in pixels, 0 = off (default: {d.blur_sigma})")
-    m.add_argument("--score-reduction", choices=["max", "topk"], help=f"image score from the map (default: {d.score_reduction})")
-    m.add_argument("--topk-fraction", type=float, help=f"share of pixels averaged by --score-reduction topk (default: {d.topk_fraction})")
+    m.add_argument(
+        "--backbone",
+        help=f"teacher/student architecture, see stpm-train --list-backbones (default: {d.backbone})",
+    )
+    m.add_argument(
+        "--list-backbones", action="store_true", help="print the registered backbones and exit"
+    )
+    m.add_argument(
+        "--image-size",
+        type=int,
+        help=f"square input size, a multiple of 16 (default: {d.image_size})",
+    )
+    m.add_argument(
+        "--teacher-weights",
+        help="'pretrained' (the backbone's ImageNet weights), a state-dict FILE, "
+        f"or 'random' (plumbing tests only) (default: {d.teacher_weights})",
+    )
+    m.add_argument(
+        "--blur-sigma",
+        type=float,
+        help=f"Gaussian blur of the map in pixels, 0 = off (default: {d.blur_sigma})",
+    )
+    m.add_argument(
+        "--score-reduction",
+        choices=["max", "topk"],
+        help=f"image score from the map (default: {d.score_reduction})",
+    )
+    m.add_argument(
+        "--topk-fraction",
+        type=float,
+        help=f"share of pixels averaged by --score-reduction topk (default: {d.topk_fraction})",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, help=f"(default: {d.epochs})")
     o.add_argument("--batch-size", type=int, help=f"(default: {d.batch_size})")
     o.add_argument("--lr", type=float, help=f"SGD learning rate (default: {d.lr})")
     o.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum})")
     o.add_argument("--weight-decay", type=float, help=f"(default: {d.weight_decay})")
-    o.add_argument("--seed", type=int, help=f"seeds the split, the student's init and the shuffles (default: {d.seed})")
+    o.add_argument(
+        "--seed",
+        type=int,
+        help=f"seeds the split, the student's init and the shuffles (default: {d.seed})",
+    )
     o.add_argument("--device", help=f"'auto', 'cpu' or 'cuda[:N]' (default: {d.device})")
-    o.add_argument("--no-amp", dest="amp", action="store_const", const=False, help="disable fp16 mixed precision on CUDA")
-    o.add_argument("--workers", type=int, help=f"data-loader worker processes (default: {d.workers})")
+    o.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_const",
+        const=False,
+        help="disable fp16 mixed precision on CUDA",
+    )
+    o.add_argument(
+        "--workers", type=int, help=f"data-loader worker processes (default: {d.workers})"
+    )
     r = p.add_argument_group("output")
     r.add_argument("--out", help=f"run folder (default: {d.out})")
-    r.add_argument("--resume", action="store_const", const=True, help="continue the run in --out from last.ckpt")
+    r.add_argument(
+        "--resume",
+        action="store_const",
+        const=True,
+        help="continue the run in --out from last.ckpt",
+    )
     r.add_argument("--force", action="store_const", const=True, help="write into a non-empty --out")
-    r.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="no progress bar")
+    r.add_argument(
+        "--no-progress", dest="progress", action="store_const", const=False, help="no progress bar"
+    )
     add_logging_args(p)
     return p
 
@@ -65,10 +119,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.list_backbones:
         print("\n".join(list_backbones()))
         return 0
-    options = {k: v for k, v in vars(args).items() if k not in ("config", "list_backbones", "verbose", "quiet")}
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("config", "list_backbones", "verbose", "quiet")
+    }
     cfg = TrainConfig.from_sources(args.config, **options)
     if not cfg.data:
-        raise ConfigError(note("no training data given", "pass --data ROOT (and --category CAT for MVTec layout)"))
+        raise ConfigError(
+            note("no training data given", "pass --data ROOT (and --category CAT for MVTec layout)")
+        )
     best = train(cfg)
     print(f"best checkpoint: {best}")
     return 0

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from stpm_edge.benchmarks.cli import main
 from stpm_edge.benchmarks.report import validate_report
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from stpm_edge.benchmarks.flops import (
     count_flops,
     flop_per_cycle,

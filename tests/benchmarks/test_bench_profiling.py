@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from stpm_edge.benchmarks.profiling import reduce_ort_profile
 
+from stpm_edge.benchmarks.profiling import reduce_ort_profile
 from stpm_edge.errors import ConfigError
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from stpm_edge.benchmarks.environment import capture_environment, parse_cpuinfo
 from stpm_edge.benchmarks.report import (
     SCHEMA_VERSION,
@@ -16,7 +17,6 @@ from stpm_edge.benchmarks.report import (
     validate_report,
     write_report,
 )
-
 from stpm_edge.errors import OutputExistsError
 
 

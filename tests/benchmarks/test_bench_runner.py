@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from stpm_edge.benchmarks import runner as bench_runner
 from stpm_edge.benchmarks.runner import (
     Job,
@@ -15,7 +16,6 @@ from stpm_edge.benchmarks.runner import (
     run_job,
     time_loop,
 )
-
 from stpm_edge.errors import ConfigError
 
 META = {

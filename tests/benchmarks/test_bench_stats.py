@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from stpm_edge.benchmarks.stats import LatencyStats, mean, percentile, std
 
+from stpm_edge.benchmarks.stats import LatencyStats, mean, percentile, std
 from stpm_edge.errors import ConfigError
 
 

@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper
-from stpm_edge.export import triton
-from stpm_edge.export.triton import write_triton_repository
 
 from stpm_edge.errors import ConfigError, ExportError, OutputExistsError
+from stpm_edge.export import triton
+from stpm_edge.export.triton import write_triton_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 

@@ -18,10 +18,10 @@ from types import ModuleType, SimpleNamespace
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from stpm_edge.export import trt_build
-from stpm_edge.export.trt_build import build_engine, default_engine_name, query_gpu, sidecar_path
 
 from stpm_edge.errors import ExportError, OutputExistsError
+from stpm_edge.export import trt_build
+from stpm_edge.export.trt_build import build_engine, default_engine_name, query_gpu, sidecar_path
 
 METADATA = {
     "stpm.format": "stpm-edge-onnx/1",

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import pytest
 from conftest import bright_frame, dark_frame
+
 from stpm_edge.runtime import AnomalyDetector
 from stpm_edge.runtime.camera import (
     InspectionLoop,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import bright_frame, dark_frame
-from stpm_edge.runtime import AnomalyDetector, Detector
-from stpm_edge.runtime.runners import OrtRunner
 
 from stpm_edge.errors import BackendError
+from stpm_edge.runtime import AnomalyDetector, Detector
+from stpm_edge.runtime.runners import OrtRunner
 
 
 def test_bright_is_ng_dark_is_ok(fake_onnx) -> None:

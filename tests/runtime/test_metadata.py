@@ -6,9 +6,9 @@ import json
 
 import pytest
 from conftest import fake_metadata
-from stpm_edge.runtime.metadata import ModelInfo, parse_metadata, read_engine_sidecar
 
 from stpm_edge.errors import BackendError, StpmEdgeError
+from stpm_edge.runtime.metadata import ModelInfo, parse_metadata, read_engine_sidecar
 
 
 def test_parse_all_keys() -> None:

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 from conftest import fake_metadata
-from stpm_edge.runtime.metadata import parse_metadata
-from stpm_edge.runtime.preprocess import parse_roi, prepare_batch, to_bgr
 
 from stpm_edge.errors import ConfigError, DataError
+from stpm_edge.runtime.metadata import parse_metadata
+from stpm_edge.runtime.preprocess import parse_roi, prepare_batch, to_bgr
 
 
 def _info(size=32, input_format="uint8_nhwc", color_order="BGR"):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from stpm_edge.errors import BackendError
 from stpm_edge.runtime.runners import (
     OrtRunner,
     available_backends,
     create_runner,
     format_shape,
 )
-
-from stpm_edge.errors import BackendError
 
 
 def _image(n: int = 1, size: int = 64, value: int = 100) -> np.ndarray:

@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import bright_frame, dark_frame, fake_metadata
+
+from stpm_edge.errors import BackendError
 from stpm_edge.runtime import AnomalyDetector
 from stpm_edge.runtime.runners import create_runner
 from stpm_edge.runtime.runners.trt import TrtRunner, trt_to_numpy_dtype
-
-from stpm_edge.errors import BackendError
 
 SIZE = 16
 ENGINE_BYTES = b"FAKE-ENGINE"

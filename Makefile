@@ -1,0 +1,37 @@
+# The two commands of the README. Both create .venv on first use.
+#   make demo  - install and run the whole pipeline offline (stpm-demo), print the report path
+#   make test  - install with [dev] extras and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch and torchvision are capped at the releases pip serves from this machine's disk
+# (setup.cfg says why); the CPU-only code paths work with either the CUDA or the CPU build.
+STAMP_BASE := $(VENV)/.installed-base
+STAMP_DEV  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_BASE): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(STAMP_DEV): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@ $(STAMP_BASE)
+
+demo: $(STAMP_BASE)
+	$(BIN)/stpm-demo
+
+test: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

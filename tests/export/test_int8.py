@@ -1,0 +1,122 @@
+"""INT8 export: QDQ only on the backbones, a float32 tail, finite and still ranking defects."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from stpm_edge.export.cli import main as export_main
+
+TAIL_OPS = ("ReduceSum", "Sqrt", "Resize", "TopK", "ReduceMax", "ReduceMean")
+
+
+@pytest.fixture(scope="module")
+def int8_path(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("int8") / "model_int8.onnx"
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = export_main(
+            [str(best_ckpt), "-o", str(path), "--int8", "--calib", str(demo_data.train_good), "-q"]
+        )
+    assert rc == 0, err.getvalue()
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8(int8_path: Path) -> onnx.ModelProto:
+    return onnx.load(int8_path)
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def consumers(model: onnx.ModelProto, tensor: str) -> list[onnx.NodeProto]:
+    return [node for node in model.graph.node if tensor in node.input]
+
+
+def in_backbone(node: onnx.NodeProto) -> bool:
+    return node.name.startswith("/pair/")
+
+
+def test_graph_has_qdq_nodes(int8) -> None:
+    types = [n.op_type for n in int8.graph.node]
+    assert types.count("QuantizeLinear") > 0 and types.count("DequantizeLinear") > 0
+    assert (
+        json.loads(json.dumps({p.key: p.value for p in int8.metadata_props}))["stpm.precision"]
+        == "int8"
+    )
+    onnx.checker.check_model(int8, full_check=True)
+
+
+def test_every_backbone_conv_and_only_those_are_quantised(int8) -> None:
+    made_by = producers(int8)
+    convs = [n for n in int8.graph.node if n.op_type == "Conv"]
+    quantised = [
+        n
+        for n in convs
+        if n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear"
+    ]
+    backbone = [n for n in convs if in_backbone(n)]
+    assert len(backbone) > 0
+    assert {n.name for n in quantised} == {n.name for n in backbone}
+    # the blur convolutions of the tail keep plain float32 weights
+    inits = {i.name: i for i in int8.graph.initializer}
+    tail = [n for n in convs if not in_backbone(n)]
+    assert tail and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in tail)
+
+
+def test_no_tail_value_is_quantised(int8) -> None:
+    made_by = producers(int8)
+    for q in (n for n in int8.graph.node if n.op_type == "QuantizeLinear"):
+        source = made_by.get(q.input[0])
+        if source is not None and in_backbone(source):
+            continue  # a backbone activation (incl. the features the tail reads, dequantised)
+        # anything else quantised (the pre-processed image) may only feed the backbone
+        deq = [c for c in consumers(int8, q.output[0]) if c.op_type == "DequantizeLinear"]
+        users = [u for d in deq for u in consumers(int8, d.output[0])]
+        assert users and all(in_backbone(u) for u in users), (q.name, [u.name for u in users])
+    # the distance / upsampling / score ops read float tensors computed in float
+    for node in int8.graph.node:
+        if node.op_type in TAIL_OPS:
+            assert not in_backbone(node)
+            source = made_by.get(node.input[0])
+            assert source is None or source.op_type not in ("DequantizeLinear", "QuantizeLinear"), (
+                node.name
+            )
+
+
+def test_int8_outputs_and_auroc(int8_path: Path, exported_onnx: Path, demo_data, read_rgb) -> None:
+    import onnxruntime as ort
+    from sklearn.metrics import roc_auc_score
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    paths = demo_data.test_images()
+    frames = np.ascontiguousarray(read_rgb(paths)[..., ::-1])
+    labels = np.array([0 if p.parent.name == "good" else 1 for p in paths])
+    outs = {}
+    for name, path in (("int8", int8_path), ("fp32", exported_onnx)):
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        outs[name] = dict(
+            zip(
+                ["anomaly_map", "score", "score_normalized"],
+                session.run(["anomaly_map", "score", "score_normalized"], {"image": frames}),
+                strict=True,
+            )
+        )
+    got = outs["int8"]
+    assert all(np.isfinite(v).all() for v in got.values())
+    assert got["anomaly_map"].shape == (len(paths), 1, 64, 64)
+    assert ((got["score_normalized"] >= 0) & (got["score_normalized"] <= 1)).all()
+    auroc = {k: float(roc_auc_score(labels, v["score"])) for k, v in outs.items()}
+    print(f"image AUROC on the tiny test set: int8 {auroc['int8']:.3f}, fp32 {auroc['fp32']:.3f}")
+    assert auroc["int8"] >= 0.5
+    # quantisation moves scores but keeps them correlated with the fp32 graph's
+    assert np.corrcoef(got["score"], outs["fp32"]["score"])[0, 1] > 0.5

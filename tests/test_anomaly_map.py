@@ -1,0 +1,141 @@
+"""The anomaly-map maths: float32 whatever comes in, the paper's definitions on hand examples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stpm_edge import anomaly_map as am
+
+
+def test_normalize_features_survives_fp16_overflow() -> None:
+    # 256 channels of 300: the sum of squares (2.3e7) is far beyond fp16's 65504
+    x = torch.full((2, 256, 3, 3), 300.0, dtype=torch.float16)
+    assert not torch.isfinite((x * x).sum(dim=1)).all()  # the trap this function avoids
+    y = am.normalize_features(x)
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.norm(dim=1), torch.ones(2, 3, 3), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(y, torch.full_like(y, 1.0 / 16.0))
+
+
+def test_normalize_features_all_zero_vector_is_zero_not_nan() -> None:
+    for dtype in (torch.float16, torch.float32):
+        x = torch.zeros(1, 64, 2, 2, dtype=dtype)
+        x[0, :, 1, 1] = 2.0  # one non-zero position next to all-zero ones
+        y = am.normalize_features(x)
+        assert torch.isfinite(y).all()
+        assert torch.equal(y[0, :, 0, 0], torch.zeros(64))
+        assert float(y[0, :, 1, 1].norm()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_scale_distance_range_and_extremes() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(3, 16, 5, 7)
+    d_same = am.scale_distance(t, t.clone())
+    assert d_same.shape == (3, 1, 5, 7) and d_same.dtype == torch.float32
+    assert torch.allclose(d_same, torch.zeros_like(d_same), atol=1e-6)
+    d_opposite = am.scale_distance(t, -t)
+    assert torch.allclose(d_opposite, torch.full_like(d_opposite, 2.0), atol=1e-5)
+    d_scaled = am.scale_distance(t, 7.0 * t)  # only the direction matters
+    assert torch.allclose(d_scaled, torch.zeros_like(d_scaled), atol=1e-6)
+    d_random = am.scale_distance(t, torch.randn(3, 16, 5, 7))
+    assert float(d_random.min()) >= 0.0 and float(d_random.max()) <= 2.0
+    # orthogonal unit vectors: 0.5 * ||e1 - e2||^2 = 1
+    e1, e2 = torch.zeros(1, 2, 1, 1), torch.zeros(1, 2, 1, 1)
+    e1[0, 0], e2[0, 1] = 1.0, 1.0
+    assert float(am.scale_distance(e1, e2)) == pytest.approx(1.0)
+
+
+def test_scale_distance_of_half_inputs_is_float32() -> None:
+    t = torch.randn(1, 8, 2, 2).half()
+    assert am.scale_distance(t, t.flip(1)).dtype == torch.float32
+
+
+def test_combine_scales_is_the_product_of_upsampled_maps() -> None:
+    a = torch.full((1, 1, 2, 2), 0.5)
+    b = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    c = torch.full((1, 1, 1, 1), 3.0)
+    combined = am.combine_scales([a, b, c], (2, 2))
+    assert combined.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(combined, 0.5 * b * 3.0)
+    # with real upsampling, equal to the product of the upsampled maps
+    up = am.combine_scales([a, b, c], (8, 8))
+    expected = am.upsample(a, (8, 8)) * am.upsample(b, (8, 8)) * am.upsample(c, (8, 8))
+    torch.testing.assert_close(up, expected)
+
+
+def test_upsample_size_and_bilinear_values() -> None:
+    m = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]], dtype=torch.float16)
+    up = am.upsample(m, (4, 6))
+    assert up.shape == (1, 1, 4, 6) and up.dtype == torch.float32
+    # align_corners=False: corners keep the corner values, the mean is preserved for this ramp
+    assert float(up[0, 0, 0, 0]) == 0.0 and float(up[0, 0, -1, -1]) == 3.0
+    assert float(up.mean()) == pytest.approx(1.5)
+
+
+def test_gaussian_blur_properties() -> None:
+    flat = torch.full((2, 1, 20, 24), 0.37)
+    torch.testing.assert_close(am.gaussian_blur(flat, 2.0), flat)
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 32, 32)
+    assert am.gaussian_blur(x, 0.0) is x
+    blurred = am.gaussian_blur(x, 1.5)
+    assert blurred.shape == x.shape
+    assert float(blurred.mean()) == pytest.approx(float(x.mean()), abs=0.02)
+    assert float(blurred.std()) < 0.6 * float(x.std())  # it really smooths
+    spike = torch.zeros(1, 1, 33, 33)
+    spike[0, 0, 16, 16] = 1.0
+    out = am.gaussian_blur(spike, 2.0)
+    assert float(out.sum()) == pytest.approx(1.0, abs=1e-5)  # mass preserved away from borders
+    assert int(out.flatten().argmax()) == 16 * 33 + 16
+    torch.testing.assert_close(out, out.transpose(2, 3))  # isotropic
+    kernel = am.gaussian_kernel(2.0)
+    assert kernel.numel() == 2 * 8 + 1 and float(kernel.sum()) == pytest.approx(1.0)
+
+
+def test_image_score_max_and_topk() -> None:
+    amap = torch.zeros(2, 1, 10, 10)
+    amap[0, 0, 0, :5] = torch.tensor([9.0, 8.0, 7.0, 6.0, 5.0])
+    amap[1, 0, 3, 3] = 1.0
+    torch.testing.assert_close(am.image_score(amap, "max"), torch.tensor([9.0, 1.0]))
+    # top 3 % of 100 pixels = 3 pixels
+    torch.testing.assert_close(am.image_score(amap, "topk", 0.03), torch.tensor([8.0, 1.0 / 3.0]))
+    # at least one pixel even for a tiny fraction
+    torch.testing.assert_close(am.image_score(amap, "topk", 1e-9), torch.tensor([9.0, 1.0]))
+    with pytest.raises(ValueError):
+        am.image_score(amap, "median")
+
+
+def test_normalize_score_maps_threshold_to_half_and_clips() -> None:
+    scores = torch.tensor([0.2, 1.0, 1.5, 100.0, -100.0])
+    out = am.normalize_score(scores, threshold=1.0, scale=2.0)
+    torch.testing.assert_close(out, torch.tensor([0.1, 0.5, 0.75, 1.0, 0.0]))
+    as_tensors = am.normalize_score(scores, torch.tensor(1.0), torch.tensor(2.0))
+    torch.testing.assert_close(as_tensors, out)
+    assert am.calibration_scale({"score_min": 3.0, "score_max": 3.0}) > 0
+
+
+def test_stpm_loss_is_the_sum_of_mean_scale_distances() -> None:
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, c, s, s) for c, s in ((8, 8), (16, 4), (32, 2))]
+    student = [torch.randn_like(t) for t in teacher]
+    expected = sum(
+        float(am.scale_distance(t, s).mean()) for t, s in zip(teacher, student, strict=True)
+    )
+    loss = am.stpm_loss(teacher, student)
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(am.stpm_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_anomaly_map_returns_map_and_scale_maps() -> None:
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, c, 32 // r, 32 // r) for c, r in ((8, 4), (16, 8), (32, 16))]
+    student = [torch.randn_like(t) for t in teacher]
+    amap, scale_maps = am.anomaly_map(teacher, student, (32, 32), blur_sigma=0.0)
+    assert amap.shape == (2, 1, 32, 32) and amap.dtype == torch.float32
+    assert [m.shape[-1] for m in scale_maps] == [8, 4, 2]
+    torch.testing.assert_close(amap, am.combine_scales(scale_maps, (32, 32)))
+    blurred, _ = am.anomaly_map(teacher, student, (32, 32), blur_sigma=1.0)
+    torch.testing.assert_close(blurred, am.gaussian_blur(amap, 1.0))

@@ -1,0 +1,112 @@
+"""stpm-eval on the real trained checkpoint: metrics, per-image CSV and plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stpm_edge.calibration import normalized_scores
+from stpm_edge.checkpoint import load_checkpoint
+from stpm_edge.cli.evaluate import main as eval_main
+
+METRIC_KEYS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max"}
+
+
+@pytest.fixture(scope="module")
+def eval_dir(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "eval"
+    rc = eval_main(
+        [
+            str(best_ckpt),
+            "--data",
+            str(demo_data.root),
+            "--category",
+            "brick",
+            "--out",
+            str(out),
+            "-q",
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def read_rows(eval_dir: Path) -> list[dict[str, str]]:
+    with open(eval_dir / "predictions.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_metrics_json(eval_dir: Path) -> None:
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert metrics.keys() >= METRIC_KEYS
+    for key in METRIC_KEYS:
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+    assert metrics["calibration_source"] == "val_good"
+    assert 0.0 <= metrics["accuracy_at_threshold"] <= 1.0
+
+
+def test_plots_are_real_pngs(eval_dir: Path) -> None:
+    for name in ("overlays.png", "roc.png", "pro.png"):
+        data = (eval_dir / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+
+
+def test_predictions_csv(
+    eval_dir: Path, demo_data, best_ckpt: Path, trained_model, read_rgb, torch_reference
+) -> None:
+    rows = read_rows(eval_dir)
+    assert list(rows[0].keys())[:4] == ["path", "label", "defect_type", "score"]
+    assert {"score_normalized", "verdict"} <= rows[0].keys()
+    paths = [Path(r["path"]) for r in rows]
+    assert sorted(paths) == demo_data.test_images()
+    for r in rows:
+        assert int(r["label"]) == (0 if r["defect_type"] == "good" else 1)
+        assert r["verdict"] == ("NG" if float(r["score_normalized"]) >= 0.5 else "OK")
+    # the scores are the PyTorch model's, the verdicts follow the checkpoint's calibration
+    _, expected = torch_reference(trained_model, read_rgb(paths))
+    scores = np.array([float(r["score"]) for r in rows])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    calibration = load_checkpoint(best_ckpt)["calibration"]
+    expected_verdicts = np.where(normalized_scores(expected, calibration) >= 0.5, "NG", "OK")
+    assert [r["verdict"] for r in rows] == expected_verdicts.tolist()
+
+
+def test_non_empty_out_without_force(best_ckpt: Path, demo_data, eval_dir: Path, capsys) -> None:
+    before = {p: p.stat().st_mtime_ns for p in eval_dir.iterdir()}
+    rc = eval_main(
+        [
+            str(best_ckpt),
+            "--data",
+            str(demo_data.root),
+            "--category",
+            "brick",
+            "--out",
+            str(eval_dir),
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--force" in err and "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in eval_dir.iterdir()} == before
+
+
+def test_bad_checkpoint_is_exit_2(tmp_path: Path, demo_data, capsys) -> None:
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"garbage" * 100)
+    rc = eval_main(
+        [
+            str(bad),
+            "--data",
+            str(demo_data.root),
+            "--category",
+            "brick",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
+    assert rc == 2
+    assert "bad.ckpt" in capsys.readouterr().err
