@@ -2,10 +2,13 @@
 
 ONNX Runtime's quantisation tooling in QDQ format, so the same file serves ONNX Runtime on a CPU
 (it fuses QuantizeLinear/DequantizeLinear pairs around convolutions into integer kernels) and
-TensorRT's explicit quantisation. Only the backbones' convolutions (and their residual additions)
-are quantised, per channel for the weights; pre-processing and the distance tail — normalisation,
-distances, upsampling, product, score — stay float32, because their small values are exactly what
-8 bits cannot hold.
+TensorRT's explicit quantisation. Only the backbones are quantised — convolutions (per-channel
+weights), residual additions, and the ReLU6 clips and paddings between them, so that consecutive
+layers share one quantisation and ONNX Runtime fuses them into integer kernels without a
+dequantise/requantise pair in between (leaving Clip and Pad in float cost 44 such pairs and all of
+the speed-up, and 5 points of image AUROC on the demo set). Pre-processing and the distance tail —
+normalisation, distances, upsampling, product, score — stay float32, because their small values
+are exactly what 8 bits cannot hold.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    op_types = ("Conv", "Add") if quantize_adds else ("Conv",)
+    op_types = ("Conv", "Add", "Clip", "Pad") if quantize_adds else ("Conv", "Clip", "Pad")
     inside, outside = backbone_nodes(fp32_model, op_types)
     if not inside:
         raise ExportError("INT8: no backbone convolution found to quantise (unexpected graph)")
