@@ -180,7 +180,7 @@ def label(rec: dict[str, Any]) -> str:
     """Short human label of a configuration, used in tables and plot legends."""
     threads = "default" if rec.get("threads") is None else rec["threads"]
     return (
-        f"{rec.get('model_name', Path(rec['model']).stem)} {rec['runner']} "
+        f"{rec.get('model_name', Path(rec['model']).stem)} {rec.get('backend') or rec['runner']} "
         f"{rec.get('precision') or '?'} b{rec['batch']} t{threads} {rec['mode']}"
     )
 

@@ -180,14 +180,9 @@ def read_model_spec(onnx_path: str | Path, model_name: str, max_batch_size: int)
     """
     import onnx  # a core dependency; imported here so the module imports fast
 
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ExportError(
-            note(
-                f"ONNX file not found: {onnx_path}",
-                "check the path, or export the graph first with stpm-export",
-            )
-        )
+    from .trt_build import require_onnx_file
+
+    onnx_path = require_onnx_file(onnx_path)
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:

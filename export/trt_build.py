@@ -89,6 +89,19 @@ class EngineInfo:
         return out
 
 
+def require_onnx_file(onnx_path: str | Path) -> Path:
+    """``onnx_path`` as a Path, or an :class:`ExportError` saying how to get the file."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ExportError(
+            note(
+                f"ONNX file not found: {onnx_path}",
+                "check the path, or export the graph first with stpm-export",
+            )
+        )
+    return onnx_path
+
+
 def sidecar_path(engine_path: str | Path) -> Path:
     """``model.engine`` -> ``model.engine.json`` (the name the runtime looks for)."""
     engine_path = Path(engine_path)
@@ -141,14 +154,7 @@ def build_engine(
         ExportError: TensorRT missing or too old, no GPU, parser errors, build failure.
         OutputExistsError: the engine or sidecar exists and ``force`` is false.
     """
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise ExportError(
-            note(
-                f"ONNX file not found: {onnx_path}",
-                "check the path, or export the graph first with stpm-export",
-            )
-        )
+    onnx_path = require_onnx_file(onnx_path)
     batch = _check_batch(batch)
     if workspace_mb <= 0:
         raise ExportError(

@@ -154,17 +154,44 @@ def _overlay_sample(labels: np.ndarray, count: int) -> list[int]:
 
 
 def evaluate_checkpoint(
-    ckpt: Path, data: str, category: str, out: Path, device: str = "cpu", batch_size: int = 8
+    ckpt: Path,
+    data: str,
+    category: str,
+    out: Path,
+    device: str = "cpu",
+    batch_size: int = 8,
+    blur_sigma: float | None = None,
+    score_reduction: str | None = None,
+    topk_fraction: float | None = None,
 ) -> dict:
-    """``stpm-eval``: evaluate a checkpoint on ``data/category/test``; returns the metrics."""
+    """``stpm-eval``: evaluate a checkpoint on ``data/category/test``; returns the metrics.
+
+    ``blur_sigma``/``score_reduction``/``topk_fraction`` override the checkpoint's map settings
+    (they do not change training, so they can be compared without retraining); thresholds are
+    then re-calibrated on the run's validation images.
+    """
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.data import MVTecCategory
 
     payload = load_checkpoint(ckpt)
     model = model_from_payload(payload, str(ckpt)).to(device)
+    overrides = {
+        "blur_sigma": blur_sigma,
+        "score_reduction": score_reduction,
+        "topk_fraction": topk_fraction,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    calibration = payload["calibration"]
+    if overrides:
+        model.config = type(model.config)(**{**model.config.to_dict(), **overrides})
+        calibration = _recalibrate(model, payload, device, batch_size)
     samples = MVTecCategory(data, category).test()
     pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
-    metrics = write_report(pred, payload["calibration"] or _fallback_calibration(pred), out)
+    metrics = write_report(pred, calibration or _fallback_calibration(pred), out)
+    metrics["map_settings"] = {
+        k: getattr(model.config, k) for k in ("blur_sigma", "score_reduction", "topk_fraction")
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info(
         "%s/%s: image AUROC %.4f, pixel AUROC %.4f, AUPRO %.4f",
         data,
@@ -174,6 +201,18 @@ def evaluate_checkpoint(
         metrics["aupro"] or float("nan"),
     )
     return metrics
+
+
+def _recalibrate(model, payload: dict, device: str, batch_size: int) -> dict | None:
+    from stpm_edge.calibration import calibrate_from_good
+
+    paths = [Path(p) for p in payload.get("val_paths", [])]
+    if not paths or not all(p.is_file() for p in paths):
+        logger.warning("validation images not found: verdicts use the checkpoint's thresholds")
+        return payload["calibration"]
+    samples = [Sample(path=p, label=0, defect_type="good", mask_path=None) for p in paths]
+    pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
+    return calibrate_from_good(pred.scores)
 
 
 def _fallback_calibration(pred: Predictions) -> dict:

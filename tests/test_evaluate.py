@@ -110,3 +110,34 @@ def test_bad_checkpoint_is_exit_2(tmp_path: Path, demo_data, capsys) -> None:
     )
     assert rc == 2
     assert "bad.ckpt" in capsys.readouterr().err
+
+
+def test_map_setting_overrides_recalibrate(
+    best_ckpt: Path, demo_data, eval_dir: Path, tmp_path: Path
+) -> None:
+    """--score-reduction/--blur-sigma change the scores, and the thresholds follow them."""
+    out = tmp_path / "eval_max"
+    argv = [
+        str(best_ckpt),
+        "--data",
+        str(demo_data.root),
+        "--category",
+        "brick",
+        "--out",
+        str(out),
+        "-q",
+        "--score-reduction",
+        "max",
+        "--blur-sigma",
+        "0",
+    ]
+    assert eval_main(argv) == 0
+    default = json.loads((eval_dir / "metrics.json").read_text())
+    overridden = json.loads((out / "metrics.json").read_text())
+    assert overridden["map_settings"] == {
+        "blur_sigma": 0.0,
+        "score_reduction": "max",
+        "topk_fraction": 0.01,
+    }
+    assert overridden["image_threshold"] != default["image_threshold"]
+    assert overridden["image_auroc"] is not None

@@ -33,6 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    m = p.add_argument_group(
+        "map settings (override the checkpoint's; thresholds are re-calibrated)"
+    )
+    m.add_argument(
+        "--blur-sigma",
+        type=float,
+        help="Gaussian blur of the map, 0 = off (default: the checkpoint's)",
+    )
+    m.add_argument(
+        "--score-reduction", choices=["max", "topk"], help="image score (default: the checkpoint's)"
+    )
+    m.add_argument(
+        "--topk-fraction", type=float, help="share of pixels for topk (default: the checkpoint's)"
+    )
     add_logging_args(p)
     return p
 
@@ -46,7 +60,15 @@ def _run(args: argparse.Namespace) -> int:
             note(f"--out {args.out} exists and is not empty", "pass --force or another --out")
         )
     metrics = evaluate_checkpoint(
-        args.checkpoint, args.data, args.category, args.out, args.device, args.batch_size
+        args.checkpoint,
+        args.data,
+        args.category,
+        args.out,
+        args.device,
+        args.batch_size,
+        args.blur_sigma,
+        args.score_reduction,
+        args.topk_fraction,
     )
     keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "accuracy_at_threshold")
     print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
