@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,7 +224,11 @@ def trace_to_onnx(module: FusedSTPM, image_size: int) -> onnx.ModelProto:
     names = output_names(options)
     dynamic = {name: {0: "N"} for name in ["image", *names]}
     buffer = io.BytesIO()
-    with torch.no_grad():
+    # The tracer warns that the map's fixed spatial size becomes a constant (it is fixed by design)
+    # and that the BGR->RGB flip (a step -1 Slice) is not constant-folded (it runs on data): noise.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             module,
             (example_input(options, image_size),),
