@@ -68,7 +68,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # truncated zip, pickled module, random bytes: all unreadable here
         raise CheckpointError(
             note(
-                f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                f"cannot read checkpoint {path}: {_reason(exc)}",
                 "the file is truncated, corrupt or not an stpm-edge checkpoint; use RUN_DIR/best.ckpt from stpm-train",
             )
         ) from exc
@@ -86,6 +86,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             note(f"checkpoint {path} is incomplete", f"missing keys: {', '.join(missing)}")
         )
     return payload
+
+
+def _reason(exc: Exception) -> str:
+    """Why torch.load failed, without torch's advice to disable weights_only (never do that)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        return "not a plain tensor file (another format, or pickled objects, which are never loaded)"
+    first_line = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line[:200]}"
 
 
 def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> STPM:
