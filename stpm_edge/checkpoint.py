@@ -93,7 +93,9 @@ def _reason(exc: Exception) -> str:
     import pickle
 
     if isinstance(exc, pickle.UnpicklingError):
-        return "not a plain tensor file (another format, or pickled objects, which are never loaded)"
+        return (
+            "not a plain tensor file (another format, or pickled objects, which are never loaded)"
+        )
     first_line = (str(exc).splitlines() or [""])[0]
     return f"{type(exc).__name__}: {first_line[:200]}"
 

@@ -153,44 +153,58 @@ def _overlay_sample(labels: np.ndarray, count: int) -> list[int]:
     return pick(good, n_good) + pick(bad, n_bad)
 
 
+@dataclass
+class EvalOptions:
+    """Settings of ``stpm-eval``; ``None`` map settings keep the checkpoint's."""
+
+    device: str = "cpu"
+    batch_size: int = 8
+    blur_sigma: float | None = None
+    score_reduction: str | None = None
+    topk_fraction: float | None = None
+    skip_bad: bool = False
+    save_calibrated: Path | None = None
+
+    def map_overrides(self) -> dict:
+        values = {
+            "blur_sigma": self.blur_sigma,
+            "score_reduction": self.score_reduction,
+            "topk_fraction": self.topk_fraction,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+
 def evaluate_checkpoint(
-    ckpt: Path,
-    data: str,
-    category: str,
-    out: Path,
-    device: str = "cpu",
-    batch_size: int = 8,
-    blur_sigma: float | None = None,
-    score_reduction: str | None = None,
-    topk_fraction: float | None = None,
+    ckpt: Path, data: str, category: str, out: Path, options: EvalOptions | None = None
 ) -> dict:
     """``stpm-eval``: evaluate a checkpoint on ``data/category/test``; returns the metrics.
 
-    ``blur_sigma``/``score_reduction``/``topk_fraction`` override the checkpoint's map settings
-    (they do not change training, so they can be compared without retraining); thresholds are
-    then re-calibrated on the run's validation images.
+    Map-setting overrides do not change training, so they can be compared without retraining;
+    thresholds are then re-calibrated on the run's validation images. ``save_calibrated`` writes a
+    copy of the checkpoint whose thresholds are F1-optimal on these labelled images.
     """
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.data import MVTecCategory
 
+    options = options or EvalOptions()
     payload = load_checkpoint(ckpt)
-    model = model_from_payload(payload, str(ckpt)).to(device)
-    overrides = {
-        "blur_sigma": blur_sigma,
-        "score_reduction": score_reduction,
-        "topk_fraction": topk_fraction,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    model = model_from_payload(payload, str(ckpt)).to(options.device)
     calibration = payload["calibration"]
-    if overrides:
-        model.config = type(model.config)(**{**model.config.to_dict(), **overrides})
-        calibration = _recalibrate(model, payload, device, batch_size)
-    samples = MVTecCategory(data, category).test()
-    pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
+    if options.map_overrides():
+        model.config = type(model.config)(**{**model.config.to_dict(), **options.map_overrides()})
+        calibration = _recalibrate(model, payload, options.device, options.batch_size)
+    samples = MVTecCategory(data, category, skip_bad=options.skip_bad).test()
+    pred = predict(
+        samples, torch_predictor(model, options.device), model.config.image_size, options.batch_size
+    )
     metrics = write_report(pred, calibration or _fallback_calibration(pred), out)
     metrics["map_settings"] = {
         k: getattr(model.config, k) for k in ("blur_sigma", "score_reduction", "topk_fraction")
     }
+    if options.save_calibrated is not None:
+        metrics["saved_calibrated_checkpoint"] = str(
+            save_labelled_calibration(payload, model, pred, options.save_calibrated)
+        )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     logger.info(
         "%s/%s: image AUROC %.4f, pixel AUROC %.4f, AUPRO %.4f",
@@ -201,6 +215,33 @@ def evaluate_checkpoint(
         metrics["aupro"] or float("nan"),
     )
     return metrics
+
+
+def save_labelled_calibration(payload: dict, model, pred: Predictions, path: Path) -> Path:
+    """A new checkpoint (never the input) with F1-optimal image and pixel thresholds."""
+    from stpm_edge.calibration import calibrate_from_labels
+    from stpm_edge.checkpoint import save_checkpoint
+    from stpm_edge.errors import OutputExistsError, note
+
+    path = Path(path)
+    if path.exists():
+        raise OutputExistsError(
+            note(f"--save-calibrated {path} exists", "choose a new file name; nothing was written")
+        )
+    calibration = calibrate_from_labels(pred.labels, pred.scores, pred.masks, pred.maps)
+    extra = {
+        k: v
+        for k, v in payload.items()
+        if k not in ("format", "config", "teacher", "student", "calibration", "versions")
+    }
+    save_checkpoint(path, model, calibration, **extra)
+    logger.info(
+        "wrote %s with labelled thresholds (image %.4g, pixel %.4g)",
+        path,
+        calibration["image_threshold"],
+        calibration["pixel_threshold"],
+    )
+    return path
 
 
 def _recalibrate(model, payload: dict, device: str, batch_size: int) -> dict | None:

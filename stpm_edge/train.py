@@ -52,6 +52,7 @@ class TrainConfig:
     score_reduction: str = "topk"  # mean of the top 1 % pixels: +0.09 image AUROC vs max
     topk_fraction: float = 0.01
     max_train_images: int | None = None
+    skip_bad: bool = False
     resume: bool = False
     force: bool = False
     progress: bool = True
@@ -120,7 +121,7 @@ def _loaders(cfg: TrainConfig, model_cfg: ModelConfig):
     from stpm_edge.data import load_training_source, split_train_val
     from stpm_edge.data.torch_dataset import ImageDataset
 
-    samples = load_training_source(cfg.data, cfg.category).train_good()
+    samples = load_training_source(cfg.data, cfg.category, skip_bad=cfg.skip_bad).train_good()
     train, val = split_train_val(samples, cfg.val_fraction, cfg.seed)
     if cfg.max_train_images:
         train = train[: cfg.max_train_images]

@@ -141,3 +141,29 @@ def test_map_setting_overrides_recalibrate(
     }
     assert overridden["image_threshold"] != default["image_threshold"]
     assert overridden["image_auroc"] is not None
+
+
+def test_save_calibrated_writes_a_new_labelled_checkpoint(
+    best_ckpt: Path, demo_data, tmp_path: Path
+) -> None:
+    before = best_ckpt.read_bytes()
+    target = tmp_path / "labelled.ckpt"
+    argv = [
+        str(best_ckpt),
+        "--data",
+        str(demo_data.root),
+        "--category",
+        "brick",
+        "--out",
+        str(tmp_path / "eval"),
+        "-q",
+        "--save-calibrated",
+        str(target),
+    ]
+    assert eval_main(argv) == 0
+    calibration = load_checkpoint(target)["calibration"]
+    assert calibration["source"] == "labelled"
+    assert best_ckpt.read_bytes() == before  # the input checkpoint is never touched
+    assert (
+        eval_main([*argv[:-2], "--force", "--save-calibrated", str(target)]) == 2
+    )  # never overwrites

@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images and missing or mismatched masks with a warning, instead of stopping",
+    )
+    p.add_argument(
+        "--save-calibrated",
+        type=Path,
+        metavar="CKPT",
+        help="write a copy of the checkpoint with F1-optimal image/pixel thresholds from these labelled "
+        "images (export it to deploy those thresholds); never overwrites",
+    )
     m = p.add_argument_group(
         "map settings (override the checkpoint's; thresholds are re-calibrated)"
     )
@@ -53,23 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from stpm_edge.errors import OutputExistsError, note
-    from stpm_edge.evaluate import evaluate_checkpoint
+    from stpm_edge.evaluate import EvalOptions, evaluate_checkpoint
 
+    if args.save_calibrated is not None and args.save_calibrated.exists():
+        raise OutputExistsError(
+            note(
+                f"--save-calibrated {args.save_calibrated} exists",
+                "choose a new file name; nothing was written",
+            )
+        )
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise OutputExistsError(
             note(f"--out {args.out} exists and is not empty", "pass --force or another --out")
         )
-    metrics = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        args.category,
-        args.out,
-        args.device,
-        args.batch_size,
-        args.blur_sigma,
-        args.score_reduction,
-        args.topk_fraction,
+    options = EvalOptions(
+        device=args.device,
+        batch_size=args.batch_size,
+        blur_sigma=args.blur_sigma,
+        score_reduction=args.score_reduction,
+        topk_fraction=args.topk_fraction,
+        skip_bad=args.skip_bad,
+        save_calibrated=args.save_calibrated,
     )
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, args.category, args.out, options)
     keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "accuracy_at_threshold")
     print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
     print(f"wrote {args.out}/metrics.json")

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-train-images", type=int, help="use at most this many training images (default: all)"
     )
+    g.add_argument(
+        "--skip-bad",
+        action="store_const",
+        const=True,
+        help="skip unreadable images with a warning and a count, instead of stopping (default: stop)",
+    )
     m = p.add_argument_group("model")
     m.add_argument(
         "--backbone",

@@ -80,6 +80,23 @@ def test_folder_with_corrupt_image(detector, folder, tmp_path) -> None:
     assert frames[1]["saved"].endswith("_00000001.png") and frames[1]["regions"]
 
 
+class SlowFirstCall:
+    """Test double around a real detector: its first predict() waits, so that the capture thread
+    queues several frames and micro-batching is exercised whatever the machine's speed."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.calls = detector, 0
+
+    def predict(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(0.3)
+        return self.detector.predict(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.detector, name)
+
+
 def test_video_file(detector, tmp_path) -> None:
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
@@ -88,7 +105,7 @@ def test_video_file(detector, tmp_path) -> None:
         writer.write(bright_frame() if i % 3 == 0 else dark_frame())
     writer.release()
     log = tmp_path / "v.jsonl"
-    stats = _run(detector, video, log=str(log), batch=4)
+    stats = _run(SlowFirstCall(detector), video, log=str(log), batch=4)
     frames, _ = _lines(log)
     assert [f["frame"] for f in frames] == list(range(10))
     assert [f["verdict"] for f in frames] == ["NG" if i % 3 == 0 else "OK" for i in range(10)]
