@@ -16,22 +16,15 @@ from stpm_edge.cli.evaluate import main as eval_main
 METRIC_KEYS = {"image_auroc", "pixel_auroc", "aupro", "image_f1_max"}
 
 
+def eval_argv(ckpt: Path, data_root: Path, out: Path, *extra: str) -> list[str]:
+    """stpm-eval's arguments for the tiny demo category, plus ``extra`` flags."""
+    return [str(ckpt), "--data", str(data_root), "--category", "brick", "--out", str(out), *extra]
+
+
 @pytest.fixture(scope="module")
 def eval_dir(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("eval") / "eval"
-    rc = eval_main(
-        [
-            str(best_ckpt),
-            "--data",
-            str(demo_data.root),
-            "--category",
-            "brick",
-            "--out",
-            str(out),
-            "-q",
-        ]
-    )
-    assert rc == 0
+    assert eval_main(eval_argv(best_ckpt, demo_data.root, out, "-q")) == 0
     return out
 
 
@@ -77,17 +70,7 @@ def test_predictions_csv(
 
 def test_non_empty_out_without_force(best_ckpt: Path, demo_data, eval_dir: Path, capsys) -> None:
     before = {p: p.stat().st_mtime_ns for p in eval_dir.iterdir()}
-    rc = eval_main(
-        [
-            str(best_ckpt),
-            "--data",
-            str(demo_data.root),
-            "--category",
-            "brick",
-            "--out",
-            str(eval_dir),
-        ]
-    )
+    rc = eval_main(eval_argv(best_ckpt, demo_data.root, eval_dir))
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "--force" in err and "Traceback" not in err
@@ -97,17 +80,7 @@ def test_non_empty_out_without_force(best_ckpt: Path, demo_data, eval_dir: Path,
 def test_bad_checkpoint_is_exit_2(tmp_path: Path, demo_data, capsys) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"garbage" * 100)
-    rc = eval_main(
-        [
-            str(bad),
-            "--data",
-            str(demo_data.root),
-            "--category",
-            "brick",
-            "--out",
-            str(tmp_path / "e"),
-        ]
-    )
+    rc = eval_main(eval_argv(bad, demo_data.root, tmp_path / "e"))
     assert rc == 2
     assert "bad.ckpt" in capsys.readouterr().err
 
@@ -117,20 +90,9 @@ def test_map_setting_overrides_recalibrate(
 ) -> None:
     """--score-reduction/--blur-sigma change the scores, and the thresholds follow them."""
     out = tmp_path / "eval_max"
-    argv = [
-        str(best_ckpt),
-        "--data",
-        str(demo_data.root),
-        "--category",
-        "brick",
-        "--out",
-        str(out),
-        "-q",
-        "--score-reduction",
-        "max",
-        "--blur-sigma",
-        "0",
-    ]
+    argv = eval_argv(
+        best_ckpt, demo_data.root, out, "-q", "--score-reduction", "max", "--blur-sigma", "0"
+    )
     assert eval_main(argv) == 0
     default = json.loads((eval_dir / "metrics.json").read_text())
     overridden = json.loads((out / "metrics.json").read_text())
@@ -148,18 +110,9 @@ def test_save_calibrated_writes_a_new_labelled_checkpoint(
 ) -> None:
     before = best_ckpt.read_bytes()
     target = tmp_path / "labelled.ckpt"
-    argv = [
-        str(best_ckpt),
-        "--data",
-        str(demo_data.root),
-        "--category",
-        "brick",
-        "--out",
-        str(tmp_path / "eval"),
-        "-q",
-        "--save-calibrated",
-        str(target),
-    ]
+    argv = eval_argv(
+        best_ckpt, demo_data.root, tmp_path / "eval", "-q", "--save-calibrated", str(target)
+    )
     assert eval_main(argv) == 0
     calibration = load_checkpoint(target)["calibration"]
     assert calibration["source"] == "labelled"
