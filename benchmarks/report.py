@@ -14,8 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from stpm_edge.errors import OutputExistsError, note
-
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "stpm-bench/1"
@@ -54,13 +52,9 @@ TOP_SCHEMA: dict[str, tuple[type, ...]] = {
 
 def prepare_out_dir(out_dir: str | Path, force: bool = False) -> Path:
     """Create ``out_dir``; refuse an existing non-empty one unless ``force``."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise OutputExistsError(
-            note(f"--out {out} exists and is not empty", "pick a new folder or pass --force")
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    from stpm_edge.outputs import prepare_output_dir
+
+    return prepare_output_dir(out_dir, force, "pick a new --out folder or pass --force")
 
 
 def _match(rec: dict[str, Any], other: dict[str, Any], keys: Iterable[str]) -> bool:

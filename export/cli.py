@@ -170,12 +170,8 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
-def _frames(args: argparse.Namespace, size: int, color_order: str):
-    """Calibration/parity frames in the graph's input layout (uint8 NHWC) from --calib or synthetic."""
-    import numpy as np
-
-    from stpm_edge.data import list_images, read_image
-    from stpm_edge.data.torch_dataset import resize_image
+def _calibration_rgb(args: argparse.Namespace, size: int):
+    """Good images from --calib (else hard synthetic ones) as RGB uint8 (N, S, S, 3)."""
     from stpm_edge.export.parity import synthetic_frames
 
     if args.calib is None:
@@ -184,13 +180,36 @@ def _frames(args: argparse.Namespace, size: int, color_order: str):
         raise ConfigError(
             note(f"--calib {args.calib} is not a folder", "give a folder of good images")
         )
+    from stpm_edge.data import list_images
+
     paths = list_images(args.calib)[: args.calib_limit]
     if not paths:
         raise ConfigError(
             note(f"--calib {args.calib} holds no images", "give a folder of good .png/.jpg images")
         )
-    frames = np.stack([resize_image(read_image(p), size) for p in paths])
-    return frames[..., ::-1].copy() if color_order == "BGR" else frames
+    return load_rgb(paths, size)
+
+
+def load_rgb(paths, size: int):
+    """Images resized exactly as in training: RGB uint8 (N, S, S, 3)."""
+    import numpy as np
+
+    from stpm_edge.data import read_image
+    from stpm_edge.data.torch_dataset import resize_image
+
+    return np.stack([resize_image(read_image(p), size) for p in paths])
+
+
+def graph_feed(rgb, options, config):
+    """RGB uint8 (N, S, S, 3) -> the graph's ``image`` input: uint8 NHWC in its colour order, or
+    normalised float32 NCHW. The one conversion used for calibration, re-calibration and parity."""
+    import numpy as np
+
+    from stpm_edge.data.torch_dataset import normalize
+
+    if options.input_format == "float32_nchw":
+        return np.stack([normalize(np.ascontiguousarray(f), config.mean, config.std) for f in rgb])
+    return np.ascontiguousarray(rgb[..., ::-1]) if options.color_order == "BGR" else rgb
 
 
 def export_checkpoint(args: argparse.Namespace) -> ExportResult:
@@ -215,7 +234,7 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     )
     sha = G.fingerprint(args.checkpoint)
     graph = G.build_graph(model, payload["calibration"], options, sha)
-    frames = _frames(args, model.config.image_size, options.color_order)
+    frames = graph_feed(_calibration_rgb(args, model.config.image_size), options, model.config)
     if precision == "int8":
         from stpm_edge.export.int8 import quantize_int8
 
@@ -223,9 +242,11 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
         metadata = G.build_metadata(model, payload["calibration"], options, sha, precision="int8")
         G.set_metadata(graph, metadata)
         G.check(graph, "int8 export")
-    _recalibrate(graph, payload, model.config.image_size, options)
+    _recalibrate(graph, payload, model.config, options)
     # parity on a bounded sample: calibration may hold hundreds of frames, the check needs few
-    report = _parity(graph, model, payload["calibration"], options, frames[:PARITY_FRAMES], precision)
+    report = _parity(
+        graph, model, payload["calibration"], options, frames[:PARITY_FRAMES], precision
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph, args.output)
     result = ExportResult(args.output, precision, report.as_dict())
@@ -234,18 +255,14 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     return result
 
 
-def _recalibrate(graph, payload: dict, image_size: int, options) -> None:
+def _recalibrate(graph, payload: dict, config, options) -> None:
     """Thresholds from THIS graph's scores on the run's validation images.
 
     FP16 and INT8 shift raw scores (INT8 by up to tens of percent), so a threshold calibrated on
     the FP32 model would misjudge. The validation images are listed in the checkpoint; when they
     are gone (another machine), the checkpoint's FP32 calibration is kept with a warning.
     """
-    import numpy as np
-
     from stpm_edge.calibration import calibrate_from_good
-    from stpm_edge.data import read_image
-    from stpm_edge.data.torch_dataset import resize_image
     from stpm_edge.export import graph as G
     from stpm_edge.export.parity import run_onnx
 
@@ -256,11 +273,7 @@ def _recalibrate(graph, payload: dict, image_size: int, options) -> None:
             "(re-export on the training machine for thresholds fitted to this precision)"
         )
         return
-    rgb = np.stack([resize_image(read_image(p), image_size) for p in paths])
-    if options.input_format == "uint8_nhwc":
-        frames = rgb[..., ::-1].copy() if options.color_order == "BGR" else rgb
-    else:
-        frames = _to_float_input(rgb, payload_config(payload), "RGB")
+    frames = graph_feed(load_rgb(paths, config.image_size), options, config)
     calibration = calibrate_from_good(run_onnx(graph, frames)["score"])
     G.apply_calibration(graph, calibration)
     logger.info(
@@ -270,20 +283,12 @@ def _recalibrate(graph, payload: dict, image_size: int, options) -> None:
     )
 
 
-def payload_config(payload: dict):
-    from stpm_edge.model import ModelConfig
-
-    return ModelConfig(**payload["config"])
-
-
 def _parity(graph, model, calibration, options, frames, precision):
     from dataclasses import replace
 
     from stpm_edge.export import graph as G
     from stpm_edge.export import parity
 
-    if options.input_format != "uint8_nhwc":
-        frames = _to_float_input(frames, model.config, options.color_order)
     reference = G.FusedSTPM(
         model, calibration, replace(options, precision="fp32", per_scale_maps=False)
     ).eval()
@@ -293,15 +298,6 @@ def _parity(graph, model, calibration, options, frames, precision):
     parity.require(report)
     logger.info("parity vs PyTorch: %s", report.summary())
     return report
-
-
-def _to_float_input(frames, config, color_order: str):
-    import numpy as np
-
-    from stpm_edge.data.torch_dataset import normalize
-
-    rgb = frames[..., ::-1] if color_order == "BGR" else frames
-    return np.stack([normalize(np.ascontiguousarray(f), config.mean, config.std) for f in rgb])
 
 
 def _downstream(args: argparse.Namespace, result: ExportResult) -> None:

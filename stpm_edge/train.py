@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.checkpoint import load_checkpoint, save_checkpoint
-from stpm_edge.errors import ConfigError, OutputExistsError, note
+from stpm_edge.errors import ConfigError, note
 from stpm_edge.model import STPM, ModelConfig
+from stpm_edge.outputs import prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -166,16 +167,11 @@ def scores_of(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> n
 
 
 def _prepare_out_dir(cfg: TrainConfig) -> Path:
-    out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.force):
-        raise OutputExistsError(
-            note(
-                f"run folder {out} exists and is not empty",
-                "pass --resume to continue it, --force to overwrite, or another --out",
-            )
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return prepare_output_dir(
+        cfg.out,
+        cfg.resume or cfg.force,
+        "pass --resume to continue the run, --force to overwrite, or another --out",
+    )
 
 
 def train(cfg: TrainConfig) -> Path:

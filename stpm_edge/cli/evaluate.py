@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from stpm_edge.errors import OutputExistsError, note
     from stpm_edge.evaluate import EvalOptions, evaluate_checkpoint
+    from stpm_edge.outputs import prepare_output_dir
 
     if args.save_calibrated is not None and args.save_calibrated.exists():
         raise OutputExistsError(
@@ -74,10 +75,7 @@ def _run(args: argparse.Namespace) -> int:
                 "choose a new file name; nothing was written",
             )
         )
-    if args.out.exists() and any(args.out.iterdir()) and not args.force:
-        raise OutputExistsError(
-            note(f"--out {args.out} exists and is not empty", "pass --force or another --out")
-        )
+    prepare_output_dir(args.out, args.force)
     options = EvalOptions(
         device=args.device,
         batch_size=args.batch_size,

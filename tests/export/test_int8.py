@@ -120,3 +120,25 @@ def test_int8_outputs_and_auroc(int8_path: Path, exported_onnx: Path, demo_data,
     assert auroc["int8"] >= 0.5
     # quantisation moves scores but keeps them correlated with the fp32 graph's
     assert np.corrcoef(got["score"], outs["fp32"]["score"])[0, 1] > 0.5
+
+
+def test_int8_with_float_input(best_ckpt: Path, demo_data, tmp_path: Path) -> None:
+    """Calibration frames are converted to the graph's own input layout (float32 NCHW here)."""
+    path = tmp_path / "model_int8_float.onnx"
+    argv = [
+        str(best_ckpt),
+        "-o",
+        str(path),
+        "--int8",
+        "--input",
+        "float",
+        "--calib",
+        str(demo_data.train_good),
+        "-q",
+    ]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert export_main(argv) == 0, err.getvalue()
+    image = onnx.load(path).graph.input[0]
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node)
