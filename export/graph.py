@@ -186,7 +186,10 @@ class FusedSTPM(nn.Module):
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         if self.options.input_format == "float32_nchw":
             return image
-        x = image.permute(0, 3, 1, 2).float()
+        # Cast first: TensorRT accepts uint8 only as a network input feeding a Cast directly
+        # (onnx-tensorrt docs/operators.md: "UINT8 is only supported as network input or output
+        # tensor types"); a Transpose or Slice on the uint8 tensor fails to parse.
+        x = image.float().permute(0, 3, 1, 2)
         if self.options.color_order == "BGR":
             x = x.flip(1)  # the backbones' weights expect RGB
         return x * self.scale + self.shift

@@ -89,17 +89,48 @@ def anomaly_map(
     return gaussian_blur(combine_scales(scale_maps, size), blur_sigma), scale_maps
 
 
+# TensorRT's TopK takes K < 3840 (onnx-tensorrt docs/operators.md, TopK: "`K` input must be less
+# than 3840"); the top-1 % of a 1024x1024 map is K = 10486.
+TOPK_MAX_K = 3839
+
+
+def _topk_sum(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact sum of the ``k`` largest values per row, in TopK calls of at most ``TOPK_MAX_K``.
+
+    Each round takes the largest remaining values, then overwrites them (by index, so ties are
+    handled exactly) with the lowest float before the next round: the rounds together select
+    exactly the k largest values. Exported, that is TopK + ScatterElements per round.
+    """
+    total, remaining, rest = None, k, flat
+    while remaining > 0:
+        step = min(remaining, TOPK_MAX_K)
+        values, indices = rest.topk(step, dim=1)
+        part = values.sum(dim=1)
+        total = part if total is None else total + part
+        remaining -= step
+        if remaining > 0:
+            rest = rest.scatter(1, indices, torch.finfo(rest.dtype).min)
+    return total
+
+
 def image_score(
     anomaly: torch.Tensor, reduction: str = "max", topk_fraction: float = 0.01
 ) -> torch.Tensor:
-    """(B, 1, H, W) -> (B,) float32: the max of the map, or the mean of its top-k pixels."""
+    """(B, 1, H, W) -> (B,) float32: the max of the map, or the mean of its top-k pixels.
+
+    The top-k mean is exact for every size: when k >= ``TOPK_MAX_K`` (maps from about 620 px up)
+    it is summed over several bounded TopK rounds (see :func:`_topk_sum`) so that the exported
+    graph stays within TensorRT's TopK limit; below that it is the plain one-TopK mean.
+    """
     flat = anomaly.flatten(1)
     if reduction == "max":
         return flat.amax(dim=1)
     if reduction == "topk":
         # int(): under ONNX tracing shape entries are tensors; H and W are static in the graph
         k = max(1, int(round(int(flat.shape[1]) * topk_fraction)))
-        return flat.topk(k, dim=1).values.mean(dim=1)
+        if k <= TOPK_MAX_K:
+            return flat.topk(k, dim=1).values.mean(dim=1)
+        return _topk_sum(flat, k) / k
     raise ValueError(f"unknown score reduction {reduction!r}; expected 'max' or 'topk'")
 
 
