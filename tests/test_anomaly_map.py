@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,17 +53,45 @@ def test_scale_distance_of_half_inputs_is_float32() -> None:
     assert am.scale_distance(t, t.flip(1)).dtype == torch.float32
 
 
+# Bilinear 2 -> 4 with align_corners=False samples the source at -0.25, 0.25, 0.75, 1.25 (clamped
+# to the edges): the weight of the second source pixel is 0, 1/4, 3/4, 1 along each axis.
+W_2_TO_4 = np.array([0.0, 0.25, 0.75, 1.0])
+
+
+def bilinear_2x2_to_4x4(m: np.ndarray) -> np.ndarray:
+    """The 4x4 bilinear upsampling of a 2x2 map, written out with the weights above."""
+    wy, wx = W_2_TO_4[:, None], W_2_TO_4[None, :]
+    return (
+        (1 - wy) * (1 - wx) * m[0, 0]
+        + (1 - wy) * wx * m[0, 1]
+        + wy * (1 - wx) * m[1, 0]
+        + wy * wx * m[1, 1]
+    )
+
+
 def test_combine_scales_is_the_product_of_upsampled_maps() -> None:
     a = torch.full((1, 1, 2, 2), 0.5)
     b = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     c = torch.full((1, 1, 1, 1), 3.0)
     combined = am.combine_scales([a, b, c], (2, 2))
     assert combined.shape == (1, 1, 2, 2)
-    torch.testing.assert_close(combined, 0.5 * b * 3.0)
-    # with real upsampling, equal to the product of the upsampled maps
-    up = am.combine_scales([a, b, c], (8, 8))
-    expected = am.upsample(a, (8, 8)) * am.upsample(b, (8, 8)) * am.upsample(c, (8, 8))
-    torch.testing.assert_close(up, expected)
+    torch.testing.assert_close(combined, torch.tensor([[[[1.5, 3.0], [4.5, 6.0]]]]))
+    # with real upsampling: 4x4 full-size map x (2x2 map upsampled) x constant
+    full = torch.arange(1.0, 17.0).view(1, 1, 4, 4) / 8.0
+    ramp = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    up = am.combine_scales([full, ramp, c], (4, 4))
+    by_hand = np.array(
+        [
+            [0.0, 0.25, 0.75, 1.0],
+            [0.5, 0.75, 1.25, 1.5],
+            [1.5, 1.75, 2.25, 2.5],
+            [2.0, 2.25, 2.75, 3.0],
+        ]
+    )
+    np.testing.assert_allclose(bilinear_2x2_to_4x4(ramp[0, 0].numpy()), by_hand)  # the helper
+    expected = full[0, 0].numpy() * by_hand * 3.0
+    assert up.shape == (1, 1, 4, 4) and up.dtype == torch.float32
+    np.testing.assert_allclose(up[0, 0].numpy(), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_upsample_size_and_bilinear_values() -> None:
@@ -116,26 +145,72 @@ def test_normalize_score_maps_threshold_to_half_and_clips() -> None:
     assert am.calibration_scale({"score_min": 3.0, "score_max": 3.0}) > 0
 
 
-def test_stpm_loss_is_the_sum_of_mean_scale_distances() -> None:
+def loss_by_hand(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> float:
+    """The paper's loss in float64 numpy: per scale, normalise each position's channel vector,
+    0.5 x squared distance, mean over batch and positions; then the sum over scales."""
+    total = 0.0
+    for t, s in zip(teacher, student, strict=True):
+        t64, s64 = t.double().numpy(), s.double().numpy()
+        t_hat = t64 / np.sqrt((t64**2).sum(axis=1, keepdims=True))
+        s_hat = s64 / np.sqrt((s64**2).sum(axis=1, keepdims=True))
+        total += float((0.5 * ((t_hat - s_hat) ** 2).sum(axis=1)).mean())
+    return total
+
+
+def test_stpm_loss_on_a_hand_case() -> None:
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # scale 0, 2x2 positions: one orthogonal pair (distance 1), three equal pairs (0) -> mean 0.25;
+    # the student is 5x longer where equal, so a missing normalisation shows
+    t0, s0 = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
+    t0[0, :, :, :] = e1[:, None, None]
+    s0[0, :, :, :] = 5.0 * e1[:, None, None]
+    s0[0, :, 0, 1] = 3.0 * e2
+    # scale 1, one position: opposite vectors, distance 0.5 * |2|^2 = 2
+    t1, s1 = e1.view(1, 2, 1, 1), -4.0 * e1.view(1, 2, 1, 1)
+    loss = am.stpm_loss([t0, t1], [s0, s1])
+    assert loss.dim() == 0 and loss.dtype == torch.float32
+    assert float(loss) == pytest.approx(0.25 + 2.0, abs=1e-6)
+    assert loss_by_hand([t0, t1], [s0, s1]) == pytest.approx(2.25)  # the helper agrees
+
+
+def test_stpm_loss_matches_the_formula_on_random_features() -> None:
     torch.manual_seed(0)
     teacher = [torch.randn(2, c, s, s) for c, s in ((8, 8), (16, 4), (32, 2))]
     student = [torch.randn_like(t) for t in teacher]
-    expected = sum(
-        float(am.scale_distance(t, s).mean()) for t, s in zip(teacher, student, strict=True)
-    )
     loss = am.stpm_loss(teacher, student)
-    assert loss.dim() == 0 and loss.dtype == torch.float32
-    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(loss) == pytest.approx(loss_by_hand(teacher, student), rel=1e-5)
     assert float(am.stpm_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_anomaly_map_returns_map_and_scale_maps() -> None:
+def features_at_distances(d: np.ndarray, student_length: float = 3.0):
+    """(h, w) wanted distances in [0, 2] -> teacher, student (1, 2, h, w) features whose
+    ``0.5 * |t_hat - s_hat|^2`` is ``d``: for unit vectors at angle a it is ``1 - cos a``."""
+    angle = torch.from_numpy(np.arccos(1.0 - d)).float()
+    teacher = torch.stack([torch.ones_like(angle), torch.zeros_like(angle)])[None]
+    student = student_length * torch.stack([torch.cos(angle), torch.sin(angle)])[None]
+    return teacher, student
+
+
+def test_anomaly_map_on_a_hand_case() -> None:
+    d0 = np.array([[0.1, 0.2, 0.3, 0.4]] * 2 + [[1.0, 1.2, 1.4, 1.6]] * 2)  # at full size 4x4
+    d1 = np.array([[0.2, 0.4], [0.6, 0.8]])  # 2x2, upsampled x2
+    d2 = np.array([[1.5]])  # 1x1, a constant factor
+    pairs = [features_at_distances(d) for d in (d0, d1, d2)]
+    teacher, student = [p[0] for p in pairs], [p[1] for p in pairs]
+    amap, scale_maps = am.anomaly_map(teacher, student, (4, 4), blur_sigma=0.0)
+    for got, want in zip(scale_maps, (d0, d1, d2), strict=True):
+        np.testing.assert_allclose(got[0, 0].numpy(), want, atol=1e-6)
+    expected = d0 * bilinear_2x2_to_4x4(d1) * 1.5
+    assert amap.shape == (1, 1, 4, 4) and amap.dtype == torch.float32
+    np.testing.assert_allclose(amap[0, 0].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_anomaly_map_blur_is_applied_last() -> None:
     torch.manual_seed(0)
     teacher = [torch.randn(2, c, 32 // r, 32 // r) for c, r in ((8, 4), (16, 8), (32, 16))]
     student = [torch.randn_like(t) for t in teacher]
     amap, scale_maps = am.anomaly_map(teacher, student, (32, 32), blur_sigma=0.0)
     assert amap.shape == (2, 1, 32, 32) and amap.dtype == torch.float32
     assert [m.shape[-1] for m in scale_maps] == [8, 4, 2]
-    torch.testing.assert_close(amap, am.combine_scales(scale_maps, (32, 32)))
     blurred, _ = am.anomaly_map(teacher, student, (32, 32), blur_sigma=1.0)
     torch.testing.assert_close(blurred, am.gaussian_blur(amap, 1.0))
