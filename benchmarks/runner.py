@@ -6,7 +6,7 @@ Modes:
 
 - ``model``: ``runner.infer(feeds)`` on a ready batch (uint8 NHWC frames, or normalised float32
   NCHW for a ``float32_nchw`` graph).
-- ``e2e``: JPEG decode (``cv2.imdecode``) of every frame + the detector's pre-processing,
+- ``e2e``: JPEG decode (``image.decode_bgr``, the one decoder) of every frame + the detector's pre-processing,
   inference and post-processing (``Detector.predict``, verdict included).
 - ``torch``: the PyTorch eager model of a checkpoint (float32 on CPU, autocast fp16 on CUDA),
   including the uint8 -> normalised float conversion the fused graph does internally, so the
@@ -34,7 +34,8 @@ import numpy as np
 
 from stpm_edge.benchmarks.profiling import make_trt_layer_profiler, reduce_ort_profile
 from stpm_edge.benchmarks.stats import LatencyStats
-from stpm_edge.errors import BackendError, ConfigError, StpmEdgeError, note
+from stpm_edge.errors import BackendError, ConfigError, DataError, StpmEdgeError, note
+from stpm_edge.runtime.image import synthetic_frames
 
 logger = logging.getLogger(__name__)
 
@@ -140,36 +141,23 @@ def _meta_value(meta: dict[str, str], key: str, default: Any = None) -> Any:
         return raw
 
 
-def synthetic_frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
-    """``count`` smooth uint8 BGR frames (H, W, 3): low-frequency noise, so JPEGs stay realistic.
-
-    Pure per-pixel noise would make JPEG decode unrealistically slow and the encoded files huge.
-    """
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(count):
-        coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), np.uint8)
-        frame = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-        noise = rng.integers(-8, 9, frame.shape, dtype=np.int16)
-        frames.append(np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8))
-    return frames
-
-
 def load_images(directory: str | Path, limit: int = 64) -> list[np.ndarray]:
-    """Up to ``limit`` images of ``directory`` as uint8 BGR (H, W, 3) (sorted by name)."""
-    import cv2
+    """Up to ``limit`` images of ``directory`` as uint8 BGR (H, W, 3) (sorted by name), read by
+    the image module like every other tool; unreadable files are skipped with a warning."""
+    from stpm_edge.runtime import image
 
-    directory = Path(directory)
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in suffixes)[:limit]
-    images = [
-        img for img in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths) if img is not None
-    ]
+    images = []
+    for path in image.list_images(directory)[:limit]:
+        try:
+            images.append(image.decode_bgr(path))
+        except DataError as exc:
+            logger.warning("skipping %s", exc)
     if not images:
         raise ConfigError(
-            note(f"--images {directory}: no readable images", "expected PNG/JPEG files in it")
+            note(
+                f"--images {directory}: no readable images",
+                f"expected image files ({', '.join(image.IMAGE_SUFFIXES)}) in it",
+            )
         )
     return images
 
@@ -205,28 +193,34 @@ def make_feeds(
     get the same frames normalised with ``stpm.mean``/``stpm.std`` (RGB, NCHW) as the exporter's
     ``--input float`` graph expects.
     """
-    import cv2
+    from stpm_edge.runtime.image import to_model_input
 
     rng = np.random.default_rng(seed)
     hw = _meta_value(meta, "stpm.input_size")
+    order = str(_meta_value(meta, "stpm.color_order", "BGR")).upper()
     feeds = {}
     for name, (dtype, shape) in spec.items():
         dims = _concrete_shape(tuple(shape), batch, hw, name)
         nchw = len(dims) == 4 and dims[1] == 3 and dims[3] != 3
         height, width = (dims[2], dims[3]) if nchw else (dims[1], dims[2])
         if images:
-            frames = [cv2.resize(images[i % len(images)], (width, height)) for i in range(batch)]
+            frames = [images[i % len(images)] for i in range(batch)]
         else:
             frames = list(rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8))
-        bgr = np.stack(frames)
         if np.dtype(dtype) == np.uint8:
-            rgb = str(_meta_value(meta, "stpm.color_order", "BGR")).upper() == "RGB"
-            feeds[name] = np.ascontiguousarray(bgr[..., ::-1] if rgb else bgr).reshape(dims)
+            x = to_model_input(frames, (height, width), "uint8_nhwc", order, order="BGR")
+            feeds[name] = np.ascontiguousarray(x).reshape(dims)
             continue
-        mean = np.asarray(_meta_value(meta, "stpm.mean", [0.485, 0.456, 0.406]), np.float32)
-        std = np.asarray(_meta_value(meta, "stpm.std", [0.229, 0.224, 0.225]), np.float32)
-        x = (bgr[..., ::-1].astype(np.float32) / 255.0 - mean) / std
-        x = x.transpose(0, 3, 1, 2) if nchw else x
+        mean, std = _meta_value(meta, "stpm.mean"), _meta_value(meta, "stpm.std")
+        if mean is None or std is None:
+            raise ConfigError(
+                note(
+                    f"input {name!r} is float but the model has no stpm.mean/stpm.std metadata",
+                    "re-export the model with stpm-export",
+                )
+            )
+        x = to_model_input(frames, (height, width), "float32_nchw", mean=mean, std=std)
+        x = x if nchw else x.transpose(0, 2, 3, 1)
         feeds[name] = np.ascontiguousarray(x.astype(np.dtype(dtype))).reshape(dims)
     return feeds
 
@@ -384,14 +378,14 @@ def encoded_frames(job: Job) -> list[bytes]:
 
 def bench_e2e(job: Job) -> dict[str, Any]:
     """Time decode + pre-processing + inference + post-processing through the Detector."""
-    import cv2
+    from stpm_edge.runtime.image import decode_bgr
 
     rss0 = current_rss_mb()
-    buffers = [np.frombuffer(b, np.uint8) for b in encoded_frames(job)]
+    buffers = encoded_frames(job)
     detector = _detector_class()(job.model, backend=job.backend, threads=job.threads)
 
     def step() -> Any:
-        frames = [cv2.imdecode(buf, cv2.IMREAD_COLOR) for buf in buffers]
+        frames = [decode_bgr(buf) for buf in buffers]  # the decode every tool uses
         return detector.predict(frames)  # a list of frames: one batched inference
 
     try:

@@ -46,23 +46,6 @@ class ParityReport:
         )
 
 
-def synthetic_frames(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """Hard inputs for numerics: all-black, all-white, noise and smooth gradients (N, S, S, 3) uint8."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    frames = [
-        np.zeros((size, size, 3), np.uint8),
-        np.full((size, size, 3), 255, np.uint8),
-        rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        np.broadcast_to((ramp[:, None, None] + ramp[None, :, None]) / 2, (size, size, 3)).astype(
-            np.uint8
-        ),
-    ]
-    while len(frames) < count:
-        frames.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-    return np.stack(frames[:count])
-
-
 def run_onnx(
     model: onnx.ModelProto | Path, frames: np.ndarray, batch: int = 4
 ) -> dict[str, np.ndarray]:

@@ -115,14 +115,13 @@ def evaluate_onnx(path: Path, data: Path, category: str, image_size: int) -> dic
     """Image/pixel AUROC of an exported graph, run by the torch-free runtime's ORT runner."""
     from stpm_edge.data import MVTecCategory
     from stpm_edge.evaluate import compute_metrics, predict
+    from stpm_edge.runtime.image import swap_rb
     from stpm_edge.runtime.runners import create_runner
 
     with create_runner(str(path), backend="ort-cpu") as runner:
 
         def run(images: np.ndarray):
-            out = runner.infer(
-                {"image": np.ascontiguousarray(images[..., ::-1])}
-            )  # RGB -> the graph's BGR
+            out = runner.infer({"image": swap_rb(images)})  # RGB -> the graph's BGR
             return out["anomaly_map"][:, 0], out["score"]
 
         pred = predict(MVTecCategory(data, category).test(), run, image_size)
@@ -133,12 +132,13 @@ def write_demo_video(data: Path, category: str, path: Path, fps: float = 10.0) -
     """Encode the category's test images (good and defective, interleaved) as an MJPG video."""
     import cv2
 
-    from stpm_edge.data import MVTecCategory, read_image
+    from stpm_edge.data import MVTecCategory
+    from stpm_edge.runtime.image import decode_bgr, resize_image
 
     samples = MVTecCategory(data, category).test()
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (256, 256))
     for sample in samples:
-        writer.write(cv2.resize(read_image(sample.path)[..., ::-1], (256, 256)))
+        writer.write(resize_image(decode_bgr(sample.path), 256))
     writer.release()
     return len(samples)
 

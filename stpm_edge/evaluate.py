@@ -40,14 +40,13 @@ class Predictions:
 
 def load_test_images(samples: list[Sample], image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (images (N, S, S, 3) uint8 RGB, masks (N, S, S) bool), resized like training."""
-    from stpm_edge.data import read_image, read_mask
-    from stpm_edge.data.torch_dataset import resize_image, resize_mask
+    from stpm_edge.runtime.image import read_image, read_mask, resize_image, resize_mask
 
     images = np.stack([resize_image(read_image(s.path), image_size) for s in samples])
     masks = np.zeros((len(samples), image_size, image_size), dtype=bool)
     for i, s in enumerate(samples):
         if s.mask_path is not None:
-            masks[i] = resize_mask(read_mask(s.mask_path), image_size)[0] > 0.5
+            masks[i] = resize_mask(read_mask(s.mask_path), image_size)
     return images, masks
 
 
@@ -67,12 +66,12 @@ def torch_predictor(model, device: str = "cpu") -> Predictor:
     """Predictor of a PyTorch :class:`~stpm_edge.model.STPM` (normalisation as in training)."""
     import torch
 
-    from stpm_edge.data.torch_dataset import normalize
+    from stpm_edge.runtime.image import normalize
 
     mean, std = model.config.mean, model.config.std
 
     def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(np.stack([normalize(im, mean, std) for im in images])).to(device)
+        x = torch.from_numpy(normalize(images, mean, std)).to(device)
         amap, score = model.score_map(x)
         return amap[:, 0].cpu().numpy(), score.cpu().numpy()
 

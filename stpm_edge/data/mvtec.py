@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stpm_edge.data.io import IMAGE_SUFFIXES, _decode, list_images
+from stpm_edge.data.io import IMAGE_SUFFIXES, decode_raw, list_images
 from stpm_edge.errors import ConfigError, DataError, note
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Sample:
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image file, decoding it (raises DataError if corrupt)."""
-    return tuple(_decode(path).shape[:2])  # type: ignore[return-value]
+    return tuple(decode_raw(path).shape[:2])  # type: ignore[return-value]
 
 
 class MVTecCategory:

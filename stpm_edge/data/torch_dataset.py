@@ -7,8 +7,8 @@ Each item of ``ImageDataset`` is a dict::
      "mask":  float32 (1, S, S)  1.0 = defect pixel (only with with_masks=True),
      "index": int                position in the sample list}
 
-``preprocess`` is the one numpy implementation of resize + normalise; the dataset and any other
-caller (evaluation on arrays, tests) use it, so they all see the same pixels.
+Reading, resizing and normalising are ``stpm_edge.runtime.image``'s (the module the runtime
+uses too), so training, evaluation, export and the deployed detector see the same pixels.
 """
 
 from __future__ import annotations
@@ -16,66 +16,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from stpm_edge.data.io import read_image, read_mask
 from stpm_edge.data.mvtec import Sample
 from stpm_edge.errors import DataError, note
+from stpm_edge.runtime import image
+from stpm_edge.runtime.image import normalize, read_image, read_mask, resize_image
+
+__all__ = ["ImageDataset", "normalize", "preprocess", "resize_image", "resize_mask"]
 
 logger = logging.getLogger(__name__)
-
-
-def resize_image(rgb: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize ``uint8 (H, W, 3)`` to ``uint8 (S, S, 3)`` with bilinear interpolation.
-
-    INTER_LINEAR on purpose (not INTER_AREA): the deployed graph and the runtime resize camera
-    frames bilinearly, so training and deployment see the same pixels.
-    """
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise DataError(
-            note(
-                "preprocess expects an RGB image",
-                f"expected uint8 (H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}",
-            )
-        )
-    if rgb.shape[:2] == (image_size, image_size):
-        return rgb
-    return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
-
-
-def normalize(rgb_resized: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``uint8 (S, S, 3)`` RGB -> ``float32 (3, S, S)`` as ``(x / 255 - mean) / std``."""
-    mean_a = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std_a = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    chw = rgb_resized.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
-    return np.ascontiguousarray((chw - mean_a) / std_a, dtype=np.float32)
 
 
 def preprocess(
     rgb_uint8: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:
-    """Resize and normalise one image.
-
-    Args:
-        rgb_uint8: ``uint8 (H, W, 3)`` RGB.
-        image_size: output side S.
-        mean, std: per-channel RGB statistics in ``[0, 1]`` units (the weights' normalisation).
-
-    Returns:
-        ``float32 (3, S, S)``.
-    """
+    """Resize and normalise one uint8 RGB image -> ``float32 (3, S, S)`` (the image module's
+    :func:`resize_image` and :func:`normalize`, the runtime's too)."""
     return normalize(resize_image(rgb_uint8, image_size), mean, std)
 
 
 def resize_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
     """``bool (H, W)`` -> ``float32 (1, S, S)`` in {0, 1}, nearest neighbour (no new values)."""
-    resized = cv2.resize(
-        mask.astype(np.uint8), (image_size, image_size), interpolation=cv2.INTER_NEAREST
-    )
-    return resized[None].astype(np.float32)
+    return image.resize_mask(mask, image_size)[None].astype(np.float32)
 
 
 class ImageDataset(Dataset):

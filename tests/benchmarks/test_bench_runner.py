@@ -85,7 +85,14 @@ def test_make_feeds_uint8_and_float() -> None:
     fed = make_feeds(spec, 2, META, images=[bgr])["image"]
     assert (fed[..., 2] == 200).all() and (fed[..., 0] == 0).all()
     float_spec = {"image": (np.dtype(np.float32), (-1, 3, 16, 24))}
-    x = make_feeds(float_spec, 2, META, images=[bgr])["image"]
+    with pytest.raises(ConfigError, match="no stpm.mean"):  # never a guessed normalisation
+        make_feeds(float_spec, 2, META, images=[bgr])
+    float_meta = {
+        **META,
+        "stpm.mean": json.dumps([0.485, 0.456, 0.406]),
+        "stpm.std": json.dumps([0.229, 0.224, 0.225]),
+    }
+    x = make_feeds(float_spec, 2, float_meta, images=[bgr])["image"]
     assert x.shape == (2, 3, 16, 24) and x.dtype == np.float32
     # RGB NCHW, ImageNet mean/std: blue channel (index 2) = (200/255 - 0.406) / 0.225
     assert x[:, 2].mean() == pytest.approx((200 / 255 - 0.406) / 0.225, rel=1e-5)

@@ -64,9 +64,11 @@ def test_gray_bgra_uint16_to_bgr() -> None:
     bgra = np.zeros((10, 12, 4), np.uint8)
     bgra[..., 1] = 9
     assert to_bgr(bgra)[0, 0].tolist() == [0, 9, 0]
-    assert to_bgr(np.full((4, 4), 0x1200, np.uint16))[0, 0].tolist() == [0x12] * 3
-    with pytest.raises(DataError, match="dtype float32"):
-        to_bgr(np.zeros((4, 4, 3), np.float32))
+    # the one 8-bit rule of training: round(v / 257), not v >> 8 (0x12FF >> 8 would give 0x12)
+    assert to_bgr(np.full((4, 4), 0x12FF, np.uint16))[0, 0].tolist() == [0x13] * 3
+    assert to_bgr(np.full((4, 4, 3), 0.5, np.float32))[0, 0].tolist() == [128] * 3
+    with pytest.raises(DataError, match="sample type int32"):
+        to_bgr(np.zeros((4, 4, 3), np.int32))
     batch = prepare_batch([gray, bgra], _info())
     assert batch.shape == (2, 32, 32, 3)
 
