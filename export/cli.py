@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from stpm_edge.cli.common import HelpFormatter, add_logging_args, run_cli
 from stpm_edge.errors import ConfigError, OutputExistsError, note
 
@@ -172,17 +174,15 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _calibration_rgb(args: argparse.Namespace, size: int):
     """Good images from --calib (else hard synthetic ones) as RGB uint8 (N, S, S, 3)."""
-    from stpm_edge.export.parity import synthetic_frames
+    from stpm_edge.runtime import image
 
     if args.calib is None:
-        return synthetic_frames(8, size)
+        return image.swap_rb(np.stack(image.synthetic_frames(8, size, size, extremes=True)))
     if not args.calib.is_dir():
         raise ConfigError(
             note(f"--calib {args.calib} is not a folder", "give a folder of good images")
         )
-    from stpm_edge.data import list_images
-
-    paths = list_images(args.calib)[: args.calib_limit]
+    paths = image.list_images(args.calib)[: args.calib_limit]
     if not paths:
         raise ConfigError(
             note(f"--calib {args.calib} holds no images", "give a folder of good .png/.jpg images")
@@ -191,25 +191,26 @@ def _calibration_rgb(args: argparse.Namespace, size: int):
 
 
 def load_rgb(paths, size: int):
-    """Images resized exactly as in training: RGB uint8 (N, S, S, 3)."""
-    import numpy as np
+    """Images read and resized exactly as in training: RGB uint8 (N, S, S, 3)."""
+    from stpm_edge.runtime import image
 
-    from stpm_edge.data import read_image
-    from stpm_edge.data.torch_dataset import resize_image
-
-    return np.stack([resize_image(read_image(p), size) for p in paths])
+    return np.stack([image.resize_image(image.read_image(p), size) for p in paths])
 
 
 def graph_feed(rgb, options, config):
     """RGB uint8 (N, S, S, 3) -> the graph's ``image`` input: uint8 NHWC in its colour order, or
-    normalised float32 NCHW. The one conversion used for calibration, re-calibration and parity."""
-    import numpy as np
+    normalised float32 NCHW. The image module's conversion, as the runtime's ``prepare_batch``."""
+    from stpm_edge.runtime.image import to_model_input
 
-    from stpm_edge.data.torch_dataset import normalize
-
-    if options.input_format == "float32_nchw":
-        return np.stack([normalize(np.ascontiguousarray(f), config.mean, config.std) for f in rgb])
-    return np.ascontiguousarray(rgb[..., ::-1]) if options.color_order == "BGR" else rgb
+    return to_model_input(
+        rgb,
+        config.image_size,
+        options.input_format,
+        options.color_order,
+        config.mean,
+        config.std,
+        order="RGB",
+    )
 
 
 def export_checkpoint(args: argparse.Namespace) -> ExportResult:
