@@ -1,0 +1,263 @@
+"""stpm-doctor on ONNX Runtime CPU: the report, its exit code, and the failures it must catch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import fake_metadata
+from onnx import TensorProto, helper, numpy_helper
+
+from stpm_edge.runtime import doctor
+from stpm_edge.runtime.runners import available_backends
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--seconds", "0", "--frames", "4"]
+
+
+def run_doctor(tmp_path: Path, *argv: str) -> tuple[int, dict, str]:
+    out = tmp_path / "report"
+    rc = doctor.main([*argv, "--out", str(out), *FAST, "-q"])
+    report = json.loads((out / "doctor.json").read_text()) if (out / "doctor.json").exists() else {}
+    md = (out / "doctor.md").read_text() if (out / "doctor.md").exists() else ""
+    return rc, report, md
+
+
+def checks_by_name(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def scaled_map_model(src: Path, dst: Path, factor: float, precision: str = "fp32") -> Path:
+    """The fake graph with its map multiplied by ``factor`` (the /255 constant changed)."""
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.name == "c255":
+            init.CopyFrom(numpy_helper.from_array(np.array(255.0 / factor, np.float32), "c255"))
+    props = {p.key: p.value for p in model.metadata_props}
+    props["stpm.precision"] = precision
+    del model.metadata_props[:]
+    helper.set_model_props(model, props)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_exported_model_passes_on_ort_cpu(exported_onnx: Path, tmp_path: Path, capsys) -> None:
+    rc, report, md = run_doctor(tmp_path, str(exported_onnx))
+    assert rc == 0, md
+    checks = checks_by_name(report)
+    cpu = checks["backend ort-cpu"]
+    assert cpu["status"] == "pass"
+    assert cpu["data"]["map_error_of_peak"] == 0.0  # same graph, same provider
+    assert cpu["data"]["verdicts_agree"] == cpu["data"]["frames"] == 4
+    assert 0 < cpu["data"]["latency"]["p50_ms"] <= cpu["data"]["latency"]["p99_ms"]
+    assert checks["reference (ort-cpu)"]["status"] == "pass"
+    trt = next(c for c in report["checks"] if c["name"].startswith("TensorRT"))
+    assert trt["status"] in ("pass", "skip")  # skip only while the check module is absent
+    env = report["environment"]
+    assert env["python"] == sys.version.split()[0]
+    assert set(env["opencv"]["video_io"]) >= {"gstreamer", "ffmpeg"}
+    assert "CPUExecutionProvider" in env["onnxruntime"]["providers"]
+    assert report["ok"] is True and md.startswith("# stpm-doctor: PASS")
+    assert "# stpm-doctor: PASS" in capsys.readouterr().out  # printed as well as written
+
+
+def test_parity_beyond_tolerance_fails_per_precision(fake_onnx: Path, tmp_path: Path) -> None:
+    # 2 % off the reference map: beyond fp32's 5e-3, within int8's 0.25 (scores move alike)
+    off32 = scaled_map_model(fake_onnx, tmp_path / "off32.onnx", 1.02, "fp32")
+    rc, report, _ = run_doctor(tmp_path / "a", str(off32), "--reference", str(fake_onnx))
+    cpu = checks_by_name(report)["backend ort-cpu"]
+    assert rc == 1 and report["ok"] is False
+    assert cpu["status"] == "fail"
+    assert cpu["data"]["map_error_of_peak"] == pytest.approx(0.02, rel=1e-3)
+    assert cpu["data"]["tolerance"]["map_rel"] == doctor.TOLERANCES["fp32"].map_rel
+
+    off8 = scaled_map_model(fake_onnx, tmp_path / "off8.onnx", 1.02, "int8")
+    rc, report, _ = run_doctor(tmp_path / "b", str(off8), "--reference", str(fake_onnx))
+    assert rc == 0, report["checks"]
+    assert checks_by_name(report)["backend ort-cpu"]["data"]["tolerance"]["map_rel"] == 0.25
+
+
+def test_verdict_flip_outside_band_fails() -> None:
+    ref = doctor.Outputs(np.ones((2, 4, 4)), np.array([1.0, 1.0]), np.array([0.3, 0.52]))
+    tol = doctor.Tolerance(map_rel=1.0, score_rel=1.0, verdict_band=0.05)
+    # frame 1 is borderline (0.52): its flip is tolerated; frame 0 (0.3) flipping is not
+    near = doctor.Outputs(ref.maps, ref.scores, np.array([0.3, 0.49]))
+    far = doctor.Outputs(ref.maps, ref.scores, np.array([0.6, 0.52]))
+    assert doctor.compare_outputs(ref, near, tol)[0] is True
+    ok, data = doctor.compare_outputs(ref, far, tol)
+    assert ok is False and data["verdict_flips_outside_band"] == 1 and data["verdicts_agree"] == 1
+
+
+@pytest.mark.skipif("ort-cuda" in available_backends(), reason="CUDA provider present")
+def test_backend_that_errors_fails_the_run(fake_onnx: Path, tmp_path: Path) -> None:
+    rc, report, md = run_doctor(tmp_path, str(fake_onnx), "--backends", "ort-cpu,ort-cuda")
+    checks = checks_by_name(report)
+    assert rc == 1
+    assert checks["backend ort-cpu"]["status"] == "pass"
+    assert checks["backend ort-cuda"]["status"] == "fail"
+    assert "not available" in checks["backend ort-cuda"]["detail"]
+    assert "| backend ort-cuda | FAIL |" in md
+
+
+def test_tensorrt_without_engine_is_skipped(fake_onnx: Path, tmp_path: Path) -> None:
+    plan = doctor.backend_plan(["tensorrt", "ort-cpu"], [], fake_onnx, None)
+    assert plan[0][:2] == ("tensorrt", None) and "--engine" in plan[0][2]
+    assert plan[1] == ("ort-cpu", fake_onnx, "")
+    # an engine given on a machine without TensorRT is checked, and fails
+    engine = tmp_path / "model.engine"
+    assert doctor.backend_plan(None, ["ort-cpu"], fake_onnx, engine)[-1] == ("tensorrt", engine, "")
+
+
+def uint8_transpose_first(path: Path, size: int = 64) -> Path:
+    """The fake graph with today's bug: Transpose on the uint8 input before its Cast."""
+    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["t"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["m", "c255"], ["anomaly_map"]),
+        helper.make_node("ReduceMax", ["anomaly_map"], ["score"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Identity", ["score"], ["score_normalized"]),
+    ]
+    outs = [
+        helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, size, size]),
+        helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
+        helper.make_tensor_value_info("score_normalized", TensorProto.FLOAT, ["N"]),
+    ]
+    init = [helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0])]
+    graph = helper.make_graph(nodes, "bad", [inp], outs, initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    helper.set_model_props(model, fake_metadata(size))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_tensorrt_violation_fails_the_run(tmp_path: Path) -> None:
+    pytest.importorskip("stpm_edge.export.trt_check")
+    bad = uint8_transpose_first(tmp_path / "bad.onnx")
+    rc, report, md = run_doctor(tmp_path, str(bad))
+    trt = next(c for c in report["checks"] if c["name"].startswith("TensorRT"))
+    assert rc == 1
+    assert trt["status"] == "fail"
+    assert any(v["op_type"] == "Transpose" for v in trt["data"]["violations"])
+    assert checks_by_name(report)["backend ort-cpu"]["status"] == "pass"  # it runs on ORT CPU
+    assert "TensorRT 10.3 compatibility | FAIL" in md
+
+
+def test_tensorrt_check_skipped_without_onnx(fake_onnx: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    check = doctor.tensorrt_check(fake_onnx, "10.3")
+    assert (check.status, check.detail) == (
+        "skip",
+        "skipped: onnx not installed (pip install onnx)",
+    )
+
+
+def test_never_overwrites_a_report_without_force(fake_onnx: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "doctor.md").write_text("earlier report")
+    assert doctor.main([str(fake_onnx), "--out", str(out), *FAST]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert (out / "doctor.md").read_text() == "earlier report"
+    assert not (out / "doctor.json").exists()
+    assert doctor.main([str(fake_onnx), "--out", str(out), *FAST, "--force", "-q"]) == 0
+    assert (out / "doctor.md").read_text().startswith("# stpm-doctor: PASS")
+
+
+def test_usage_errors_exit_2(fake_onnx: Path, tmp_path: Path, capsys) -> None:
+    assert doctor.main([str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 2
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    assert doctor.main([str(engine), "--out", str(tmp_path)]) == 2
+    assert "--engine" in capsys.readouterr().err
+
+
+def test_environment_only_without_torch(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["torch"] = None
+        sys.modules["torchvision"] = None
+        from stpm_edge.runtime.doctor import main
+        rc = main(["--out", sys.argv[1], "-q"])
+        assert sys.modules["torch"] is None
+        print("RC", rc)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RC 0" in done.stdout
+    report = json.loads((tmp_path / "doctor.json").read_text())
+    assert report["checks"] == [] and report["ok"] is True
+
+
+BUILD_INFO = """
+  Video I/O:
+    DC1394:                      NO
+    FFMPEG:                      YES
+      avcodec:                   YES (58.54.100)
+    GStreamer:                   YES (1.20.3)
+    v4l/v4l2:                    YES (linux/videodev2.h)
+"""
+
+
+def test_parsers() -> None:
+    assert doctor.parse_video_io(BUILD_INFO) == {
+        "ffmpeg": "YES",
+        "gstreamer": "YES (1.20.3)",
+        "v4l2": "YES (linux/videodev2.h)",
+    }
+    line = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64"
+    assert doctor.parse_l4t_release(line) == "36.4.3"
+    assert doctor.parse_l4t_release("garbage") is None
+
+
+def test_jetson_info(tmp_path: Path) -> None:
+    release, model = tmp_path / "nv_tegra_release", tmp_path / "model"
+    assert doctor.jetson_info(release, model) is None  # neither file: not a Jetson
+    release.write_text("# R36 (release), REVISION: 3.0, GCID: 1, BOARD: generic\n")
+    model.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")
+    info = doctor.jetson_info(release, model)
+    assert info == {"model": "NVIDIA Jetson Orin Nano Developer Kit", "l4t": "36.3.0"}
+
+
+def test_environment_warnings() -> None:
+    env = {
+        "onnxruntime": {"distributions": {"onnxruntime": "1.20", "onnxruntime-gpu": "1.20"}},
+        "opencv": {"video_io": {"gstreamer": "NO"}},
+        "jetson": {"model": "NVIDIA Jetson AGX Orin", "l4t": "36.3.0"},
+        "tensorrt": {"version": "8.6.2"},
+        "cuda": {"cuda_python": "13.0.1", "driver": "12.6"},
+    }
+    text = "\n".join(doctor.environment_warnings(env))
+    assert "onnxruntime, onnxruntime-gpu" in text
+    assert "opencv/opencv-python#524" in text
+    assert "older than R36.4" in text
+    assert "TensorRT 8.6.2" in text
+    assert "cuda-python<13" in text
+    clean = {
+        "onnxruntime": {"distributions": {"onnxruntime-gpu": "1.20"}},
+        "opencv": {"video_io": {"gstreamer": "YES (1.20.3)"}},
+        "jetson": {"model": "NVIDIA Jetson AGX Orin", "l4t": "36.4.3"},
+        "tensorrt": {"version": "10.3.0"},
+        "cuda": {"cuda_python": "12.6.0", "driver": "12.6"},
+    }
+    assert doctor.environment_warnings(clean) == []
+    assert doctor.default_trt_version(clean) == "10.3"
+    assert doctor.default_trt_version({"tensorrt": {"version": None}}) == "10.3"
