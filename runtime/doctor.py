@@ -405,16 +405,15 @@ def check_backend(
 
 
 def synthetic(count: int, height: int, width: int) -> list[np.ndarray]:
-    """The project's one synthetic-frame generator (uint8 BGR)."""
-    try:
-        from .image import synthetic_frames
-    except ImportError:  # before the image module existed, the benchmark tool owned it
-        from stpm_edge.benchmarks.runner import synthetic_frames
-    return list(synthetic_frames(count, height, width, seed=0))
+    """The project's one synthetic-frame generator (uint8 BGR), starting with the hard inputs
+    (black, white, per-pixel noise, a gradient) where numerics break first."""
+    from .image import synthetic_frames
+
+    return list(synthetic_frames(count, height, width, seed=0, extremes=True))
 
 
 def folder_frames(folder: Path, limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` images of ``folder`` as uint8 BGR frames."""
+    """Up to ``limit`` images of ``folder`` as uint8 BGR frames (read by the image module)."""
     from stpm_edge.benchmarks.runner import load_images
 
     return load_images(folder, limit=limit)

@@ -84,6 +84,20 @@ def test_parity_beyond_tolerance_fails_per_precision(fake_onnx: Path, tmp_path: 
     assert checks_by_name(report)["backend ort-cpu"]["data"]["tolerance"]["map_rel"] == 0.25
 
 
+def test_image_folder_adds_frames(fake_onnx: Path, tmp_path: Path) -> None:
+    import cv2
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, value in enumerate((10, 250)):  # one OK and one NG part for the fake model
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((30, 40, 3), value, np.uint8))
+    rc, report, _ = run_doctor(tmp_path, str(fake_onnx), "--images", str(folder))
+    checks = checks_by_name(report)
+    assert rc == 0
+    assert checks["reference (ort-cpu)"]["data"]["frames"] == 6  # 4 synthetic + 2 images
+    assert checks["backend ort-cpu"]["data"]["frames"] == 6
+
+
 def test_verdict_flip_outside_band_fails() -> None:
     ref = doctor.Outputs(np.ones((2, 4, 4)), np.array([1.0, 1.0]), np.array([0.3, 0.52]))
     tol = doctor.Tolerance(map_rel=1.0, score_rel=1.0, verdict_band=0.05)
