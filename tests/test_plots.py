@@ -17,13 +17,6 @@ from stpm_edge.runtime import visualize
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _assert_png(path: Path, min_bytes: int = 2000) -> None:
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC
-    assert len(data) > min_bytes
-    assert cv2.imread(str(path)) is not None
-
-
 def _two_blobs() -> np.ndarray:
     """(40, 60) float32 map: a 5x4 blob (area 20) and an 8x10 blob (area 80), background 0.1."""
     m = np.full((40, 60), 0.1, dtype=np.float32)
@@ -107,44 +100,121 @@ def test_visualize_is_torch_and_matplotlib_free() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# plots
+# plots: the PNG is read back and the drawn content is checked at the pixels where it must be
+
+C0_BGR = (180, 119, 31)  # matplotlib's first line colour #1f77b4, in OpenCV's BGR order
 
 
-def test_plot_roc_and_pro_write_pngs(tmp_path: Path) -> None:
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The Figure objects the plot functions save, in order (to map data to pixel positions)."""
+    seen: list = []
+    save = plots._save
+
+    def keep(fig, path):
+        seen.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return seen
+
+
+def _read_png(path: Path) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    bgr = cv2.imread(str(path))
+    assert bgr is not None
+    return bgr
+
+
+def _pixel(bgr: np.ndarray, ax, x: float, y: float) -> np.ndarray:
+    """The PNG pixel (BGR, int) under data point (x, y) of ``ax`` (display y grows upwards)."""
+    px, py = ax.transData.transform((x, y))
+    return bgr[int(round(bgr.shape[0] - py)), int(round(px))].astype(int)
+
+
+def _gray_count(bgr: np.ndarray, ax, points: list[tuple[float, float]]) -> int:
+    """How many of ``points`` are drawn in a dark neutral gray (dashed lines: not all of them)."""
+    pixels = [_pixel(bgr, ax, x, y) for x, y in points]
+    return sum(int(c.max() < 200 and c.max() - c.min() < 10) for c in pixels)
+
+
+def _near(colour: np.ndarray, expected: tuple[int, int, int], tol: int = 40) -> bool:
+    return bool(np.abs(colour - np.array(expected)).max() <= tol)
+
+
+def test_plot_roc_draws_the_curve_where_the_data_is(tmp_path: Path, figures: list) -> None:
+    fpr, tpr = np.array([0.0, 0.1, 1.0]), np.array([0.0, 0.9, 1.0])  # a knee at (0.1, 0.9)
+    path = plots.plot_roc(fpr, tpr, 0.9, tmp_path / "sub" / "roc.png", title="brick")
+    bgr = _read_png(path)
+    assert bgr.shape == (450, 450, 3)  # 4.5 in at 100 dpi
+    ax = figures[0].axes[0]
+    assert ax.get_title() == "brick"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["AUROC = 0.9000"]
+    assert _near(_pixel(bgr, ax, 0.1, 0.9), C0_BGR)  # the knee
+    assert _near(_pixel(bgr, ax, 0.55, 0.95), C0_BGR)  # on the segment to (1, 1)
+    assert _near(_pixel(bgr, ax, 0.05, 0.45), C0_BGR)  # on the segment from (0, 0)
+    assert _gray_count(bgr, ax, [(t, t) for t in np.linspace(0.3, 0.8, 21)]) >= 5  # chance line
+    assert (_pixel(bgr, ax, 0.7, 0.3) >= 250).all()  # below both lines: background
+
+
+def test_plot_roc_thins_long_curves_keeping_the_ends(tmp_path: Path, figures: list) -> None:
     rng = np.random.default_rng(0)
     masks = np.zeros((4, 32, 32), dtype=bool)
     masks[1, 4:12, 4:12] = True
     masks[3, 20:30, 2:5] = True
     maps = (rng.random(masks.shape) + masks).astype(np.float32)
-    fpr, tpr, _ = metrics.roc_curve(masks, maps)  # > 4000 points: exercises thinning
-    roc_png = plots.plot_roc(fpr, tpr, metrics.auroc(masks, maps), tmp_path / "sub" / "roc.png")
-    _assert_png(roc_png)
-    pfpr, pro, _ = metrics.pro_curve(masks, maps)
-    pro_png = plots.plot_pro(pfpr, pro, metrics.aupro(masks, maps), tmp_path / "pro.png")
-    _assert_png(pro_png)
+    fpr, tpr, _ = metrics.roc_curve(masks, maps)
+    assert fpr.size > 4000
+    plots.plot_roc(fpr, tpr, metrics.auroc(masks, maps), tmp_path / "roc.png")
+    x, y = figures[0].axes[0].get_lines()[0].get_data()
+    assert len(x) == 4000 and (x[0], y[0], x[-1], y[-1]) == (fpr[0], tpr[0], fpr[-1], tpr[-1])
+    assert np.all(np.diff(x) >= 0) and set(zip(x, y)) <= set(zip(fpr, tpr))  # real points only
 
 
-def test_save_overlay_grid(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
+def test_plot_pro_shades_only_the_integrated_part(tmp_path: Path, figures: list) -> None:
+    fpr, pro = np.array([0.0, 0.2, 0.6, 1.0]), np.array([0.0, 0.8, 1.0, 1.0])
+    path = plots.plot_pro(fpr, pro, 0.5678, tmp_path / "pro.png", fpr_limit=0.3)
+    bgr = _read_png(path)
+    ax = figures[0].axes[0]
+    assert ax.get_xlim() == (0.0, 0.6)  # twice the limit
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["AU-PRO@0.3 = 0.5678"]
+    assert _near(_pixel(bgr, ax, 0.1, 0.4), C0_BGR)  # on the curve
+    shaded, outside = _pixel(bgr, ax, 0.2, 0.3), _pixel(bgr, ax, 0.45, 0.3)
+    assert (outside >= 250).all()  # beyond the limit: not shaded
+    assert _near(shaded, (235, 228, 210), tol=12)  # C0 at alpha 0.2 over white
+    above = _pixel(bgr, ax, 0.05, 0.9)  # above the curve, inside the limit: not shaded
+    assert (above >= 250).all()
+    assert _gray_count(bgr, ax, [(0.3, y) for y in np.linspace(0.5, 0.95, 21)]) >= 5  # the limit
+
+
+def test_save_overlay_grid_rows_panels_and_verdicts(tmp_path: Path, figures: list) -> None:
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]  # one solid RGB image per row
+    hot = np.full((12, 12), 0.8, dtype=np.float32)
     items = []
-    for i in range(4):
+    for i, colour in enumerate(colours):
         mask = np.zeros((48, 48), dtype=bool)
-        if i:
-            mask[10:20, 8 * i : 8 * i + 8] = True
+        mask[10:20, 10:30] = i > 0
         items.append(
             plots.GridItem(
-                image=rng.integers(0, 256, (48, 48, 3), dtype=np.uint8),
-                anomaly_map=rng.random((12, 12)).astype(np.float32),
+                image=np.full((48, 48, 3), colour, dtype=np.uint8),
+                anomaly_map=hot * i,
                 score=float(i),
                 mask=mask if i else None,
                 title=f"img_{i}.png",
             )
         )
     path = plots.save_overlay_grid(items, tmp_path / "grid.png", 0.0, 1.0, threshold=1.0)
-    _assert_png(path, min_bytes=10_000)
-    height, width = cv2.imread(str(path)).shape[:2]
-    assert height > width  # four rows (one per item), three columns
-
-
-def test_plots_reexports_runtime_overlay() -> None:
-    assert plots.heatmap_overlay is visualize.heatmap_overlay
+    bgr = _read_png(path)
+    assert bgr.shape == (750, 750, 3)  # 7.5 in wide, 2.5 in per row
+    fig = figures[0]
+    assert len(fig.axes) == 9
+    for row, (item, colour) in enumerate(zip(items, colours, strict=True)):
+        image_ax, truth_ax, overlay_ax = fig.axes[3 * row : 3 * row + 3]
+        assert image_ax.get_title() == item.title
+        verdict = "NG" if item.score >= 1.0 else "OK"
+        assert overlay_ax.get_title() == f"score {item.score:.4g} {verdict}"
+        assert (len(truth_ax.collections) > 0) == (item.mask is not None)  # the mask contour
+        expected_overlay = visualize.heatmap_overlay(item.image, item.anomaly_map, 0.0, 1.0, 0.5)
+        for ax, rgb in ((image_ax, colour), (overlay_ax, tuple(expected_overlay[24, 24]))):
+            got = _pixel(bgr, ax, 24, 24)  # the panel's centre (imshow: data = image pixels)
+            assert _near(got, rgb[::-1], tol=3), (row, ax.get_title(), got, rgb)
