@@ -1,14 +1,26 @@
-"""INT8: static post-training quantisation of the FP32 fused graph (ONNX in, ONNX out).
+"""INT8: static post-training quantisation of the FP32 fused graph (ONNX in, ONNX out), per target.
 
-ONNX Runtime's quantisation tooling in QDQ format, so the same file serves ONNX Runtime on a CPU
-(it fuses QuantizeLinear/DequantizeLinear pairs around convolutions into integer kernels) and
-TensorRT's explicit quantisation. Only the backbones are quantised — convolutions (per-channel
-weights), residual additions, and the ReLU6 clips and paddings between them, so that consecutive
-layers share one quantisation and ONNX Runtime fuses them into integer kernels without a
-dequantise/requantise pair in between (leaving Clip and Pad in float cost 44 such pairs and all of
-the speed-up, and 5 points of image AUROC on the demo set). Pre-processing and the distance tail —
-normalisation, distances, upsampling, product, score — stay float32, because their small values
-are exactly what 8 bits cannot hold.
+ONNX Runtime's quantisation tooling in QDQ format. Only the backbones are quantised —
+convolutions (per-channel weights), residual additions, and the ReLU6 clips and paddings between
+them. Pre-processing and the distance tail — normalisation, distances, upsampling, product,
+score — stay float32, because their small values are exactly what 8 bits cannot hold.
+
+One graph cannot mean the same and run fast on both runtimes, so the file is written for a target
+(recorded as ``stpm.int8_target``):
+
+- ``cpu`` (ONNX Runtime on a CPU): unsigned 8-bit activations with zero points (U8S8), int32
+  biases, and the ReLU6 Clips folded into the uint8 range — ONNX Runtime fuses each
+  DequantizeLinear -> Conv -> QuantizeLinear into one integer kernel with no requantise pair in
+  between (leaving Clip and Pad in float cost 44 such pairs and all of the speed-up, and 5 points
+  of image AUROC on the demo set). TensorRT must NOT read this file: its parser re-types a uint8
+  zero point as INT8, so a Clip [0, 6] folded into uint8 saturation silently becomes about
+  [-3, 3], and int32 DequantizeLinear is rejected.
+- ``tensorrt`` (TensorRT explicit quantisation): signed INT8 activations and weights, symmetric
+  (every zero point 0), per-channel weights, float biases (no int32 DequantizeLinear), and every
+  ReLU6 Clip kept as a node between its Q/DQ pairs, so its [0, 6] means the same to any reader.
+  On ONNX Runtime CPU this graph is correct but slow (measured 2.8x the cpu graph's latency, the
+  float Clips force dequantise/requantise pairs) — hence two targets.
+- ``openvino``: NNCF's ONNX backend (``stpm_edge.export.int8_nncf``), the one dispatch point below.
 """
 
 from __future__ import annotations
@@ -16,12 +28,13 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from stpm_edge.errors import ExportError, note
+from stpm_edge.errors import ConfigError, ExportError, note
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +80,53 @@ def backbone_nodes(
     return inside, outside
 
 
+INT8_TARGETS = ("cpu", "tensorrt", "openvino")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """ONNX Runtime ``quantize_static`` settings of one INT8 target."""
+
+    activation_type: str  # QuantType member name
+    extra_options: dict
+
+
+RECIPES = {
+    "cpu": QuantRecipe(
+        "QUInt8", {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}
+    ),
+    # TensorRT: "`y_zero_point` must be 0" (QuantizeLinear), DequantizeLinear takes INT8/FP8/INT4
+    # only (onnx-tensorrt docs/operators.md); QDQKeepRemovableActivations keeps the ReLU6 Clips.
+    "tensorrt": QuantRecipe(
+        "QInt8",
+        {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "QDQKeepRemovableActivations": True,
+        },
+    ),
+}
+
+
+def check_target(target: str) -> None:
+    if target not in INT8_TARGETS:
+        raise ConfigError(
+            note(f"INT8 target {target!r} is unknown", f"use one of {', '.join(INT8_TARGETS)}")
+        )
+
+
 def quantize_int8(
     fp32_model: onnx.ModelProto,
     calibration_frames: np.ndarray,
     method: str = "minmax",
     quantize_adds: bool = True,
     progress: bool = True,
+    target: str = "cpu",
 ) -> onnx.ModelProto:
-    """Quantise a fused FP32 graph with calibration frames (uint8, the graph's input layout)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    """Quantise a fused FP32 graph for ``target`` with calibration frames (the graph's input
+    layout). The caller records ``target`` in the metadata (``stpm.int8_target``)."""
+    check_target(target)
     if len(calibration_frames) == 0:
         raise ExportError(
             note(
@@ -85,6 +134,28 @@ def quantize_int8(
                 "pass --calib DIR with good images (50-300 is plenty)",
             )
         )
+    if target == "openvino":
+        # H6: return stpm_edge.export.int8_nncf.quantize_nncf(fp32_model, calibration_frames)
+        raise ConfigError(
+            note("INT8 target 'openvino' is not available yet", "use --target cpu or tensorrt")
+        )
+    return _quantize_ort(
+        fp32_model, calibration_frames, RECIPES[target], method, quantize_adds, progress
+    )
+
+
+def _quantize_ort(
+    fp32_model: onnx.ModelProto,
+    calibration_frames: np.ndarray,
+    recipe: QuantRecipe,
+    method: str,
+    quantize_adds: bool,
+    progress: bool,
+) -> onnx.ModelProto:
+    """ONNX Runtime static QDQ quantisation of the backbone nodes with ``recipe``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     methods = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -106,10 +177,10 @@ def quantize_int8(
             op_types_to_quantize=list(op_types),
             nodes_to_exclude=outside,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=getattr(QuantType, recipe.activation_type),
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options=dict(recipe.extra_options),
         )
         quantized = onnx.load(dst)
     logger.info(
