@@ -406,10 +406,7 @@ def bench_torch(job: Job) -> dict[str, Any]:
     """Time the PyTorch eager model of checkpoint ``job.model`` (imports torch lazily)."""
     import torch
 
-    try:
-        from stpm_edge.checkpoint import load_model_from_checkpoint
-    except ImportError:
-        from stpm_edge.model import load_model_from_checkpoint  # type: ignore[no-redef]
+    from stpm_edge.checkpoint import load_model_from_checkpoint
 
     if job.threads:
         torch.set_num_threads(job.threads)
