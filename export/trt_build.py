@@ -3,8 +3,14 @@
 An engine is tied to the TensorRT version and the GPU, so it is built on the target (a Jetson
 included) and never shipped between machines. The graph's mixed precision is explicit (fp16
 backbones, float32 distance/product/score, Casts between), so the network is built *strongly
-typed*: TensorRT 11 only knows strongly typed networks, and TensorRT 10 gets the
-``STRONGLY_TYPED`` creation flag. No FP16/INT8 builder flag is ever set (TensorRT 11 removed them).
+typed*: TensorRT 11 only knows strongly typed networks (its ``STRONGLY_TYPED`` flag is value 0,
+deprecated and ignored, so no flag is passed), and TensorRT 10 gets the ``STRONGLY_TYPED``
+creation flag (value 1). ``EXPLICIT_BATCH`` (10.x value 0) is never set: ignored since 10.0,
+gone in 11. No FP16/INT8 builder flag is ever set (TensorRT 11 removed them).
+
+Every TensorRT call that reports failure through its return value is checked (``None`` network,
+config or engine bytes, ``-1`` profile index, ``None``/refused timing cache); a timing cache
+from another TensorRT version or GPU is replaced by a fresh one with a warning.
 
 Next to ``model.engine`` the builder writes ``model.engine.json`` (DESIGN.md §5): TensorRT
 version, GPU, compute capability, CUDA driver, the batch profile, the ONNX's sha256 and its
@@ -182,15 +188,15 @@ def build_engine(
     trt_logger = _make_trt_logger(trt)
     builder = _create_builder(trt, trt_logger)
     flags, typed = _network_flags(trt, version, strongly_typed)
-    network = builder.create_network(flags)
+    network = _require(builder.create_network(flags), "create_network", trt_logger, flags)
     _parse_onnx(trt, network, trt_logger, onnx_path)
 
-    config = builder.create_builder_config()
+    config = _require(builder.create_builder_config(), "create_builder_config", trt_logger)
     input_shapes = _add_profile(builder, config, network, batch)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     cache_path = Path(timing_cache) if timing_cache is not None else None
-    if cache_path is not None:
-        _load_timing_cache(config, cache_path)
+    if cache_path is not None and not _load_timing_cache(config, cache_path):
+        cache_path = None  # not even a fresh cache could be set: build without one
 
     logger.info(
         "building TensorRT %s engine from %s (batch %s, workspace %d MiB); this takes minutes",
@@ -350,20 +356,35 @@ def _create_builder(trt: Any, trt_logger: Any) -> Any:
     return builder
 
 
+def _require(value: Any, call: str, trt_logger: Any, *args: Any) -> Any:
+    """``value``, or an ExportError when a TensorRT factory call returned ``None``."""
+    if value is not None:
+        return value
+    logged = "; ".join(trt_logger.errors[-3:]) or "no error was logged"
+    shown = f"{call}({', '.join(repr(a) for a in args)})"
+    raise ExportError(
+        note(
+            f"TensorRT's {shown} returned None: {logged}",
+            "run with -v for TensorRT's log; check that this TensorRT matches the installed "
+            "driver and CUDA, and that the GPU has free memory",
+        )
+    )
+
+
 def _network_flags(trt: Any, version: tuple[int, int], strongly_typed: bool) -> tuple[int, bool]:
-    """Network-creation flags for this TensorRT, and whether the network is strongly typed."""
+    """Network-creation flags for this TensorRT, and whether the network is strongly typed.
+
+    Values from TensorRT's bindings (NetworkDefinitionCreationFlag): 10.x EXPLICIT_BATCH = 0
+    (deprecated and ignored since 10.0: never set), STRONGLY_TYPED = 1; 11.x STRONGLY_TYPED = 0,
+    deprecated and ignored because every network is strongly typed, and bit 1 means
+    PREFER_JIT_PYTHON_PLUGINS. So 11.x gets no flag at all, and no bit is ever hard-coded.
+    """
     creation = trt.NetworkDefinitionCreationFlag
-    flags = 0
-    # EXPLICIT_BATCH is deprecated (and ignored) in 10.x and gone later: set it only if it exists.
-    if hasattr(creation, "EXPLICIT_BATCH"):
-        flags |= 1 << int(creation.EXPLICIT_BATCH)
     if version[0] >= 11:
-        # 11.x networks are always strongly typed; the flag (if still there) is ignored.
         if not strongly_typed:
             logger.warning("TensorRT %d.%d has no weak typing: building strongly typed", *version)
-        if hasattr(creation, "STRONGLY_TYPED"):
-            flags |= 1 << int(creation.STRONGLY_TYPED)
-        return flags, True
+        return 0, True
+    flags = 0
     if strongly_typed:
         if not hasattr(creation, "STRONGLY_TYPED"):
             raise ExportError(
@@ -455,21 +476,60 @@ def _add_profile(
         logger.debug("profile %s: batch %s x %s", name, list(batch), list(rest))
     if not shapes:
         raise ExportError(f"the parsed network has no inputs: {network!r}")
-    config.add_optimization_profile(profile)
+    index = config.add_optimization_profile(profile)
+    if index is None or int(index) < 0:  # -1: TensorRT found the profile invalid
+        raise ExportError(
+            note(
+                f"TensorRT rejected the optimisation profile {shapes} (batch {list(batch)}): "
+                f"add_optimization_profile returned {index}",
+                "check --batch-range MIN:OPT:MAX (1 <= MIN <= OPT <= MAX) and that the graph's "
+                "inputs have a dynamic batch axis; run with -v for TensorRT's log",
+            )
+        )
     return shapes
 
 
-def _load_timing_cache(config: Any, path: Path) -> None:
-    """Start from ``path``'s cache if it exists and matches this TensorRT/GPU, else empty."""
+def _try_timing_cache(config: Any, data: bytes) -> bool:
+    """Create and install a timing cache from ``data``; False when TensorRT refuses it.
+
+    ``create_timing_cache`` returns None or raises for a cache from another TensorRT version or
+    GPU (Polygraphy guards it the same way), and ``set_timing_cache(..., ignore_mismatch=False)``
+    returns False for one it cannot use.
+    """
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception as exc:
+        logger.debug("create_timing_cache raised: %s", exc)
+        return False
+    if cache is None:
+        return False
+    try:
+        return bool(config.set_timing_cache(cache, ignore_mismatch=False))
+    except Exception as exc:
+        logger.debug("set_timing_cache raised: %s", exc)
+        return False
+
+
+def _load_timing_cache(config: Any, path: Path) -> bool:
+    """Start from ``path``'s cache if it exists and matches this TensorRT/GPU, else a fresh one.
+
+    Returns False when not even a fresh cache could be installed (the build then goes without,
+    and ``path`` is left alone).
+    """
     data = path.read_bytes() if path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if config.set_timing_cache(cache, ignore_mismatch=False):
+    if _try_timing_cache(config, data):
         if data:
             logger.info("using timing cache %s (%d bytes)", path, len(data))
-        return
-    # A cache from another TensorRT version or GPU: start fresh, it is rewritten after the build.
-    logger.warning("timing cache %s does not match this TensorRT/GPU: starting an empty one", path)
-    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        return True
+    if data:
+        # From another TensorRT version or GPU: start fresh; it is replaced after the build.
+        logger.warning(
+            "timing cache %s does not match this TensorRT/GPU: starting a fresh one", path
+        )
+        if _try_timing_cache(config, b""):
+            return True
+    logger.warning("TensorRT would not create a timing cache: building without %s", path)
+    return False
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:

@@ -1,9 +1,9 @@
-"""Tests of the TensorRT engine builder's glue, against ``FakeTensorRT`` (no GPU needed).
+"""Tests of the TensorRT engine builder, through the shared TensorRT/CUDA double (``tests/fakes``).
 
-``FakeTensorRT`` is a test double of the ``tensorrt`` module: just enough classes to record what
-``build_engine`` asks of TensorRT (network flags, profile shapes, workspace, timing cache) and to
-return canned results (parser errors, a failed build). The real-import path is tested too: on
-this machine ``tensorrt`` is not installed.
+The double's ONNX parser applies the project's TensorRT rules (``stpm_edge.export.trt_check``), its
+enums carry the real values per version (10.3 and 11.x), and its failure returns are the real ones
+(``None``, ``-1``, ``False``), so these tests fail where TensorRT would. The real-import path is
+tested too: on this machine ``tensorrt`` is not installed.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 
+import numpy as np
 import onnx
 import pytest
+from fakes.cuda import FakeCudart
+from fakes.tensorrt import FakeTensorRT, Faults
 from onnx import TensorProto, helper
 
-from stpm_edge.errors import ExportError, OutputExistsError
+from stpm_edge.errors import BackendError, ExportError, OutputExistsError
 from stpm_edge.export import trt_build
 from stpm_edge.export.trt_build import build_engine, default_engine_name, query_gpu, sidecar_path
 
@@ -33,182 +35,39 @@ METADATA = {
 }
 
 
-def make_onnx(path: Path, shape: tuple = ("N", 64, 64, 3), elem=TensorProto.UINT8) -> Path:
-    """A tiny valid graph with the stpm.* metadata (TensorRT never sees it: the parser is fake)."""
+def make_onnx(
+    path: Path,
+    shape: tuple = ("N", 64, 64, 3),
+    elem: int = TensorProto.UINT8,
+    transpose_first: bool = False,
+) -> Path:
+    """A tiny graph with the stpm.* metadata: score = max pixel / 255, map = channel mean / 255.
+
+    ``transpose_first`` puts a Transpose on the uint8 input before the Cast: the node order every
+    exported graph had before issue 8, which TensorRT's parser rejects (uint8 may only feed a Cast).
+    """
     image = helper.make_tensor_value_info("image", elem, list(shape))
-    out = helper.make_tensor_value_info("score", TensorProto.FLOAT, [shape[0]])
-    nodes = [
-        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMax", ["f"], ["score"], axes=[1, 2, 3], keepdims=0),
+    nodes = []
+    src = "image"
+    if transpose_first:
+        nodes.append(
+            helper.make_node("Transpose", ["image"], ["t"], perm=[0, 1, 2, 3], name="pre/T")
+        )
+        src = "t"
+    nodes += [
+        helper.make_node("Cast", [src], ["f"], to=TensorProto.FLOAT, name="pre/Cast"),
+        helper.make_node("Div", ["f", "c255"], ["g"], name="pre/Div"),
+        helper.make_node("ReduceMax", ["g"], ["score"], axes=[1, 2, 3], keepdims=0, name="score"),
     ]
-    graph = helper.make_graph(nodes, "tiny", [image], [out])
+    out = helper.make_tensor_value_info("score", TensorProto.FLOAT, [shape[0]])
+    init = [helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0])]
+    graph = helper.make_graph(nodes, "tiny", [image], [out], initializer=init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
     helper.set_model_props(model, {**METADATA, "producer.note": "not stpm"})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
-
-
-class FakeTensorRT(ModuleType):
-    """Test double of the ``tensorrt`` module that records every call in ``self.calls``."""
-
-    def __init__(
-        self,
-        version: str = "10.3.0",
-        inputs: dict[str, tuple[int, ...]] | None = None,
-        parser_errors: tuple[dict, ...] = (),
-        build_result: bytes | None = b"FAKE-ENGINE-BYTES",
-        builder_fails: bool = False,
-        cache_matches: bool = True,
-    ) -> None:
-        super().__init__("tensorrt")
-        self.__version__ = version
-        self.calls: list[tuple] = []
-        major = int(version.split(".")[0])
-        fake = self
-
-        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
-        if major < 11:  # removed in 11.x
-            self.NetworkDefinitionCreationFlag.EXPLICIT_BATCH = 0
-        self.BuilderFlag = SimpleNamespace(TF32=7) if major >= 11 else SimpleNamespace(FP16=0)
-        self.MemoryPoolType = SimpleNamespace(WORKSPACE="WORKSPACE")
-        sev = SimpleNamespace(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4)
-
-        class ILogger:
-            Severity = sev
-
-            def __init__(self) -> None:
-                pass
-
-        class TimingCache:
-            def __init__(self, data: bytes) -> None:
-                self.data = bytes(data)
-
-            def serialize(self) -> bytes:
-                return self.data + b"|tuned"
-
-        class BuilderConfig:
-            def __init__(self) -> None:
-                self.cache = None
-
-            def set_memory_pool_limit(self, pool, size) -> None:
-                fake.calls.append(("set_memory_pool_limit", pool, size))
-
-            def set_flag(self, flag) -> None:
-                fake.calls.append(("set_flag", flag))
-
-            def add_optimization_profile(self, profile) -> int:
-                fake.calls.append(("add_optimization_profile", profile))
-                return 0
-
-            def create_timing_cache(self, data: bytes) -> TimingCache:
-                fake.calls.append(("create_timing_cache", bytes(data)))
-                return TimingCache(data)
-
-            def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
-                fake.calls.append(("set_timing_cache", cache.data, ignore_mismatch))
-                ok = cache_matches or not cache.data
-                self.cache = cache if ok else self.cache
-                return ok
-
-            def get_timing_cache(self):
-                return self.cache
-
-        class Profile:
-            def set_shape(self, name, min, opt, max) -> None:  # noqa: A002 (TensorRT's names)
-                fake.calls.append(("set_shape", name, tuple(min), tuple(opt), tuple(max)))
-
-        class NetworkDefinition:
-            def __init__(self, flags: int) -> None:
-                self.flags = flags
-                self.inputs: list[SimpleNamespace] = []
-
-            @property
-            def num_inputs(self) -> int:
-                return len(self.inputs)
-
-            def get_input(self, i: int) -> SimpleNamespace:
-                return self.inputs[i]
-
-        class Builder:
-            def __init__(self, logger) -> None:
-                if builder_fails:
-                    raise TypeError("pybind11::init(): factory function returned nullptr")
-                self.logger = logger
-                fake.calls.append(("Builder",))
-
-            def create_network(self, flags: int) -> NetworkDefinition:
-                fake.calls.append(("create_network", flags))
-                return NetworkDefinition(flags)
-
-            def create_builder_config(self) -> BuilderConfig:
-                return BuilderConfig()
-
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                fake.calls.append(("build_serialized_network", network.flags))
-                if build_result is None:
-                    self.logger.log(sev.ERROR, "Requested amount of GPU memory could not be met")
-                return build_result
-
-        class ParserError:
-            def __init__(self, node: int, name: str, op: str, desc: str) -> None:
-                self._v = (node, name, op, desc)
-
-            def node(self) -> int:
-                return self._v[0]
-
-            def node_name(self) -> str:
-                return self._v[1]
-
-            def node_operator(self) -> str:
-                return self._v[2]
-
-            def desc(self) -> str:
-                return self._v[3]
-
-            def code(self):
-                return SimpleNamespace(name="UNSUPPORTED_NODE")
-
-        class OnnxParser:
-            def __init__(self, network, logger) -> None:
-                self.network = network
-
-            def parse_from_file(self, path: str) -> bool:
-                fake.calls.append(("parse_from_file", path))
-                if parser_errors:
-                    return False
-                shapes = inputs or {"image": (-1, 64, 64, 3)}
-                self.network.inputs = [SimpleNamespace(name=n, shape=s) for n, s in shapes.items()]
-                return True
-
-            @property
-            def num_errors(self) -> int:
-                return len(parser_errors)
-
-            def get_error(self, i: int) -> ParserError:
-                return ParserError(**parser_errors[i])
-
-        self.ILogger = ILogger
-        self.Builder = Builder
-        self.OnnxParser = OnnxParser
-
-    def called(self, name: str) -> list[tuple]:
-        return [c for c in self.calls if c[0] == name]
-
-
-class FakeCudart:
-    """Test double of cuda-python's runtime module."""
-
-    cudaError_t = SimpleNamespace(cudaSuccess=0)
-
-    def cudaGetDeviceProperties(self, device: int):  # noqa: N802 (cuda-python's name)
-        return 0, SimpleNamespace(name=b"NVIDIA Jetson AGX Orin\0\0garbage", major=8, minor=7)
-
-    def cudaDriverGetVersion(self):  # noqa: N802
-        return 0, 12060
 
 
 @pytest.fixture
@@ -227,18 +86,29 @@ def test_profile_workspace_and_sidecar(tmp_path, onnx_file, no_cudart):
     info = build_engine(onnx_file, engine, batch=(1, 2, 8), workspace_mb=512, trt_module=fake)
 
     assert fake.called("parse_from_file") == [("parse_from_file", str(onnx_file))]
-    assert fake.called("set_shape") == [
-        ("set_shape", "image", (1, 64, 64, 3), (2, 64, 64, 3), (8, 64, 64, 3))
-    ]
-    assert len(fake.called("add_optimization_profile")) == 1
+    shapes = {"image": ((1, 64, 64, 3), (2, 64, 64, 3), (8, 64, 64, 3))}
+    assert fake.called("add_optimization_profile") == [("add_optimization_profile", shapes)]
     assert fake.called("set_memory_pool_limit") == [
-        ("set_memory_pool_limit", "WORKSPACE", 512 * 1024 * 1024)
+        ("set_memory_pool_limit", fake.MemoryPoolType.WORKSPACE, 512 * 1024 * 1024)
     ]
     assert fake.called("set_flag") == []  # precision comes from the graph, never from flags
-    assert engine.read_bytes() == b"FAKE-ENGINE-BYTES"
+    assert engine.read_bytes().startswith(b"FAKE-TRT-ENGINE")
 
     side = json.loads(sidecar_path(engine).read_text())
     assert sidecar_path(engine) == tmp_path / "out" / "model.engine.json"
+    # DESIGN.md §5: the one sidecar key set the runtime reads too
+    assert {
+        "format",
+        "tensorrt_version",
+        "gpu_name",
+        "compute_capability",
+        "cuda_driver_version",
+        "batch_profile",
+        "strongly_typed",
+        "onnx_sha256",
+        "metadata",
+    } <= set(side)
+    assert side["format"] == "stpm-edge-engine/1"
     assert side["tensorrt_version"] == "10.3.0"
     assert side["batch_profile"] == [1, 2, 8]
     assert side["strongly_typed"] is True
@@ -253,32 +123,36 @@ def test_profile_workspace_and_sidecar(tmp_path, onnx_file, no_cudart):
 
 def test_float_nchw_input_takes_hw_from_network(tmp_path, no_cudart):
     onnx_path = make_onnx(tmp_path / "f.onnx", ("N", 3, 32, 48), TensorProto.FLOAT)
-    fake = FakeTensorRT(inputs={"image": (-1, 3, 32, 48)})
+    fake = FakeTensorRT()
     build_engine(onnx_path, tmp_path / "f.engine", batch=(2, 4, 4), trt_module=fake)
-    assert fake.called("set_shape") == [
-        ("set_shape", "image", (2, 3, 32, 48), (4, 3, 32, 48), (4, 3, 32, 48))
-    ]
+    shapes = {"image": ((2, 3, 32, 48), (4, 3, 32, 48), (4, 3, 32, 48))}
+    assert fake.called("add_optimization_profile") == [("add_optimization_profile", shapes)]
 
 
-def test_trt10_flags_strongly_typed_and_weak(tmp_path, onnx_file, no_cudart):
+def test_trt10_sets_only_strongly_typed_with_its_real_value(tmp_path, onnx_file, no_cudart):
     fake = FakeTensorRT("10.3.0")
     build_engine(onnx_file, tmp_path / "a.engine", trt_module=fake)
-    explicit, typed = 1 << 0, 1 << 1
-    assert fake.called("create_network") == [("create_network", explicit | typed)]
+    # 10.x: STRONGLY_TYPED = 1; EXPLICIT_BATCH (= 0) is deprecated and ignored, never set
+    assert int(fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 1
+    assert fake.called("create_network") == [("create_network", 1 << 1)]
 
     fake = FakeTensorRT("10.3.0")
     info = build_engine(onnx_file, tmp_path / "b.engine", strongly_typed=False, trt_module=fake)
-    assert fake.called("create_network") == [("create_network", explicit)]
+    assert fake.called("create_network") == [("create_network", 0)]
     assert info.strongly_typed is False
     assert json.loads(info.sidecar_path.read_text())["strongly_typed"] is False
 
 
-def test_trt11_has_no_explicit_batch_and_is_always_strongly_typed(tmp_path, onnx_file, no_cudart):
-    fake = FakeTensorRT("11.0.0.post1")
-    assert not hasattr(fake.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
-    assert not hasattr(fake.BuilderFlag, "FP16")
+@pytest.mark.parametrize("version", ["11.0.0.post1", "11.4.1"])
+def test_trt11_passes_no_flag_and_is_always_strongly_typed(tmp_path, onnx_file, no_cudart, version):
+    fake = FakeTensorRT(version)
+    flags = fake.NetworkDefinitionCreationFlag
+    assert not hasattr(flags, "EXPLICIT_BATCH") and not hasattr(fake.BuilderFlag, "FP16")
+    # 11.x: STRONGLY_TYPED is 0 (deprecated, ignored) and bit 1 means PREFER_JIT_PYTHON_PLUGINS,
+    # so a hard-coded ``1 << 1`` would silently ask for JIT Python plugins.
+    assert int(flags.STRONGLY_TYPED) == 0 and int(flags.PREFER_JIT_PYTHON_PLUGINS) == 1
     info = build_engine(onnx_file, tmp_path / "m.engine", strongly_typed=False, trt_module=fake)
-    assert fake.called("create_network") == [("create_network", 1 << 1)]
+    assert fake.called("create_network") == [("create_network", 0)]
     assert info.strongly_typed is True
     assert fake.called("set_flag") == []
 
@@ -289,51 +163,66 @@ def test_too_old_tensorrt_is_refused(tmp_path, onnx_file, no_cudart):
     assert not (tmp_path / "m.engine").exists()
 
 
-def test_timing_cache_is_read_and_written(tmp_path, onnx_file, no_cudart):
+def test_timing_cache_is_read_and_extended(tmp_path, onnx_file, no_cudart):
     cache = tmp_path / "trt.cache"
     fake = FakeTensorRT()
     build_engine(onnx_file, tmp_path / "1.engine", timing_cache=cache, trt_module=fake)
     assert fake.called("create_timing_cache") == [("create_timing_cache", b"")]
-    assert fake.called("set_timing_cache") == [("set_timing_cache", b"", False)]
-    assert cache.read_bytes() == b"|tuned"
+    assert cache.read_bytes() == fake.cache_header() + b"entries=1"
 
     fake = FakeTensorRT()
     build_engine(onnx_file, tmp_path / "2.engine", timing_cache=cache, trt_module=fake)
-    assert fake.called("create_timing_cache") == [("create_timing_cache", b"|tuned")]
-    assert fake.called("set_timing_cache") == [("set_timing_cache", b"|tuned", False)]
-    assert cache.read_bytes() == b"|tuned|tuned"  # the loaded cache was extended and saved
+    assert fake.called("create_timing_cache")[0][1] == fake.cache_header() + b"entries=1"
+    assert cache.read_bytes() == fake.cache_header() + b"entries=2"  # loaded, extended, saved
 
 
-def test_mismatched_timing_cache_starts_fresh(tmp_path, onnx_file, no_cudart, caplog):
+@pytest.mark.parametrize("foreign", ["none", "raise", "mismatch"])
+def test_foreign_timing_cache_falls_back_to_a_fresh_one(
+    tmp_path, onnx_file, no_cudart, caplog, foreign
+):
+    """A cache from another TensorRT/GPU: create_timing_cache returns None, raises, or gives a
+    cache that set_timing_cache refuses. Each way the build goes on with a fresh cache."""
     cache = tmp_path / "trt.cache"
-    cache.write_bytes(b"from-another-gpu")
-    fake = FakeTensorRT(cache_matches=False)
+    other = FakeTensorRT("10.2.0")
+    cache.write_bytes(other.cache_header() + b"entries=5")
+    fake = FakeTensorRT("10.3.0", faults=Faults(foreign_cache=foreign))
     with caplog.at_level(logging.WARNING):
         build_engine(onnx_file, tmp_path / "m.engine", timing_cache=cache, trt_module=fake)
-    assert "does not match" in caplog.text
-    assert [c[1] for c in fake.called("set_timing_cache")] == [b"from-another-gpu", b""]
-    assert cache.read_bytes() == b"|tuned"
+    assert "does not match this TensorRT/GPU" in caplog.text
+    assert [c[1] for c in fake.called("create_timing_cache")][-1] == b""
+    assert cache.read_bytes() == fake.cache_header() + b"entries=1"  # replaced by this device's
 
 
-def test_parser_errors_are_all_reported_with_node_info(tmp_path, onnx_file, no_cudart):
-    errors = (
-        dict(node=3, name="/student/layer2/Conv", op="Conv", desc="unsupported dtype bfloat16"),
-        dict(node=7, name="/map/Resize", op="Resize", desc="mode 'cubic' not supported"),
-    )
-    fake = FakeTensorRT(parser_errors=errors)
+def test_parser_rejects_what_tensorrt_rejects(tmp_path, no_cudart):
+    """The double's parser applies the project's TensorRT rules: the pre-issue-8 node order
+    (Transpose on the uint8 input) fails to parse, naming the node; nothing is built."""
+    check_model = pytest.importorskip("stpm_edge.export.trt_check").check_model
+    bad = make_onnx(tmp_path / "bad.onnx", transpose_first=True)
+    violations = check_model(onnx.load(str(bad)), trt_version="10.3")
+    assert violations and violations[0].op_type == "Transpose"
+    fake = FakeTensorRT()
     with pytest.raises(ExportError) as exc:
-        build_engine(onnx_file, tmp_path / "m.engine", trt_module=fake)
+        build_engine(bad, tmp_path / "m.engine", trt_module=fake)
     msg = str(exc.value)
-    assert "2 error(s)" in msg and str(onnx_file) in msg
-    assert "node 3 '/student/layer2/Conv' (Conv) [UNSUPPORTED_NODE]: unsupported dtype" in msg
-    assert "node 7 '/map/Resize' (Resize)" in msg and "cubic" in msg
-    assert "Note:" in msg
+    assert "TensorRT's ONNX parser rejected" in msg and str(bad) in msg
+    assert "node 0 'pre/T' (Transpose) [UNSUPPORTED_NODE]" in msg
+    assert violations[0].rule in msg and "Note:" in msg
     assert fake.called("build_serialized_network") == []
     assert not (tmp_path / "m.engine").exists()
 
+    # the same graph with the Cast first parses
+    build_engine(make_onnx(tmp_path / "good.onnx"), tmp_path / "ok.engine", trt_module=fake)
+
+
+def test_unreadable_onnx_fails_the_parse(tmp_path, no_cudart):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07not a protobuf\xff")
+    with pytest.raises(ExportError, match="cannot read ONNX file|MODEL_DESERIALIZE_FAILED"):
+        build_engine(junk, tmp_path / "m.engine", trt_module=FakeTensorRT())
+
 
 def test_failed_build_raises_with_logged_error_and_writes_nothing(tmp_path, onnx_file, no_cudart):
-    fake = FakeTensorRT(build_result=None)
+    fake = FakeTensorRT(faults=Faults(build_fails=True))
     engine = tmp_path / "m.engine"
     with pytest.raises(ExportError, match="GPU memory could not be met"):
         build_engine(onnx_file, engine, timing_cache=tmp_path / "c", trt_module=fake)
@@ -341,9 +230,27 @@ def test_failed_build_raises_with_logged_error_and_writes_nothing(tmp_path, onnx
     assert not (tmp_path / "c").exists()
 
 
+def test_rejected_profile_is_an_error(tmp_path, onnx_file, no_cudart):
+    """add_optimization_profile returns -1 for a profile TensorRT finds invalid; without the check
+    the build would go on with no profile (and fail later with a vaguer message)."""
+    fake = FakeTensorRT(faults=Faults(reject_profile=True))
+    with pytest.raises(ExportError, match=r"rejected the optimisation profile.*returned -1"):
+        build_engine(onnx_file, tmp_path / "m.engine", trt_module=fake)
+    assert fake.called("build_serialized_network") == []
+
+
+def test_null_network_is_an_error(tmp_path, onnx_file, no_cudart, monkeypatch):
+    """create_network returns None for flag bits this TensorRT does not define."""
+    fake = FakeTensorRT("11.0.0")
+    monkeypatch.setattr(trt_build, "_network_flags", lambda *a: (1 << 5, True))
+    with pytest.raises(ExportError, match=r"create_network\(32\) returned None.*invalid flags"):
+        build_engine(onnx_file, tmp_path / "m.engine", trt_module=fake)
+
+
 def test_no_gpu_gives_one_line_error(tmp_path, onnx_file, no_cudart):
+    fake = FakeTensorRT(faults=Faults(no_gpu=True))
     with pytest.raises(ExportError) as exc:
-        build_engine(onnx_file, tmp_path / "m.engine", trt_module=FakeTensorRT(builder_fails=True))
+        build_engine(onnx_file, tmp_path / "m.engine", trt_module=fake)
     assert "\n" not in str(exc.value) and "no usable CUDA GPU" in str(exc.value)
 
 
@@ -370,25 +277,20 @@ def test_refuses_to_overwrite_without_force(tmp_path, onnx_file, no_cudart):
         build_engine(onnx_file, engine, trt_module=FakeTensorRT())
 
     build_engine(onnx_file, engine, force=True, trt_module=FakeTensorRT())
-    assert engine.read_bytes() == b"FAKE-ENGINE-BYTES"
+    assert engine.read_bytes().startswith(b"FAKE-TRT-ENGINE")
     assert json.loads(sidecar_path(engine).read_text())["metadata"] == METADATA
 
 
-def test_static_batch_or_dynamic_hw_is_refused(tmp_path, onnx_file, no_cudart):
-    fake = FakeTensorRT(inputs={"image": (1, 64, 64, 3)})
+def test_static_batch_or_dynamic_hw_is_refused(tmp_path, no_cudart):
+    static = make_onnx(tmp_path / "static.onnx", (1, 64, 64, 3))
     with pytest.raises(ExportError, match="fixed batch of 1"):
-        build_engine(onnx_file, tmp_path / "a.engine", batch=(1, 1, 8), trt_module=fake)
-    info = build_engine(
-        onnx_file,
-        tmp_path / "b.engine",
-        batch=(1, 1, 1),
-        trt_module=FakeTensorRT(inputs={"image": (1, 64, 64, 3)}),
-    )
+        build_engine(static, tmp_path / "a.engine", batch=(1, 1, 8), trt_module=FakeTensorRT())
+    info = build_engine(static, tmp_path / "b.engine", batch=(1, 1, 1), trt_module=FakeTensorRT())
     assert info.batch_profile == (1, 1, 1)
 
-    fake = FakeTensorRT(inputs={"image": (-1, -1, -1, 3)})
+    dyn_hw = make_onnx(tmp_path / "hw.onnx", ("N", "H", "W", 3))
     with pytest.raises(ExportError, match="dynamic non-batch dims"):
-        build_engine(onnx_file, tmp_path / "c.engine", trt_module=fake)
+        build_engine(dyn_hw, tmp_path / "c.engine", trt_module=FakeTensorRT())
 
 
 @pytest.mark.parametrize("batch", [(0, 1, 8), (1, 8, 4), (2, 1, 8), (1, 2)])
@@ -403,7 +305,8 @@ def test_missing_onnx(tmp_path):
 
 
 def test_query_gpu_with_cuda_python(monkeypatch):
-    monkeypatch.setattr(trt_build, "_import_cudart", FakeCudart)
+    cudart = FakeCudart(gpu_name=b"NVIDIA Jetson AGX Orin")
+    monkeypatch.setattr(trt_build, "_import_cudart", lambda: cudart)
     assert query_gpu() == {
         "gpu_name": "NVIDIA Jetson AGX Orin",
         "compute_capability": "8.7",
@@ -417,11 +320,37 @@ def test_default_engine_name_uses_version_and_gpu(tmp_path, onnx_file, monkeypat
     )
     assert default_engine_name("m.onnx", "11.0.0", None) == Path("m.trt11.0.gpu.engine")
 
-    monkeypatch.setattr(trt_build, "_import_cudart", FakeCudart)
-    info = build_engine(onnx_file, None, trt_module=FakeTensorRT("10.3.0"))
+    cudart = FakeCudart(gpu_name=b"NVIDIA Jetson AGX Orin")
+    monkeypatch.setattr(trt_build, "_import_cudart", lambda: cudart)
+    info = build_engine(onnx_file, None, trt_module=FakeTensorRT("10.3.0", cudart=cudart))
     assert info.engine_path == tmp_path / "model.trt10.3.nvidia-jetson-agx-orin.engine"
     side = json.loads(info.sidecar_path.read_text())
     assert side["gpu_name"] == "NVIDIA Jetson AGX Orin"
     assert side["compute_capability"] == "8.7" and side["cuda_driver_version"] == "12.6"
     with pytest.raises(OutputExistsError):  # the default name is protected too
-        build_engine(onnx_file, None, trt_module=FakeTensorRT("10.3.0"))
+        build_engine(onnx_file, None, trt_module=FakeTensorRT("10.3.0", cudart=cudart))
+
+
+def test_engine_built_here_runs_in_the_runner_through_the_same_double(tmp_path, monkeypatch):
+    """Builder and runner share one TensorRT/CUDA double and one sidecar: the engine built by
+    ``build_engine`` loads in ``TrtRunner`` (metadata from the sidecar) and computes the graph."""
+    from stpm_edge.runtime.runners.trt import TrtRunner
+
+    cudart = FakeCudart(gpu_name=b"NVIDIA Jetson Orin Nano")
+    monkeypatch.setattr(trt_build, "_import_cudart", lambda: cudart)
+    fake = FakeTensorRT("10.3.0", cudart=cudart)
+    info = build_engine(
+        make_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", batch=(1, 2, 4), trt_module=fake
+    )
+    frames = np.stack([np.full((64, 64, 3), v, np.uint8) for v in (51, 255)])
+    with TrtRunner(info.engine_path, trt_module=fake, cudart_module=cudart) as runner:
+        assert runner.metadata() == METADATA
+        assert runner.build_info["gpu_name"] == "NVIDIA Jetson Orin Nano"
+        assert runner.build_info["tensorrt_version"] == "10.3.0"
+        assert runner.max_batch_size() == 4
+        np.testing.assert_allclose(runner.infer({"image": frames})["score"], [0.2, 1.0], atol=1e-6)
+
+    # the same engine on another TensorRT version: refused, naming both versions
+    other = FakeTensorRT("10.4.0", cudart=cudart)
+    with pytest.raises(BackendError, match=r"built with TensorRT 10\.3\.0 .*this is 10\.4\.0"):
+        TrtRunner(info.engine_path, trt_module=other, cudart_module=cudart).load()
