@@ -66,8 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stpm-export", description=DESCRIPTION, formatter_class=HelpFormatter
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint from stpm-train (RUN_DIR/best.ckpt)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    # checkpoint and -o are required unless --check-trt (checked in _check_args)
+    p.add_argument(
+        "checkpoint", type=Path, nargs="?", help="checkpoint from stpm-train (RUN_DIR/best.ckpt)"
+    )
+    p.add_argument("-o", "--output", type=Path, help="ONNX file to write (required)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     g = p.add_argument_group("graph")
     g.add_argument(
@@ -134,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="TensorRT timing cache file (read if present, then updated)",
     )
+    _add_target_args(p)
     s = p.add_argument_group("serving")
     s.add_argument(
         "--triton", type=Path, metavar="REPO_DIR", help="also write a Triton model repository"
@@ -143,11 +147,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    """The export target and the TensorRT compatibility check (one block: H1)."""
+    c = p.add_argument_group("target and TensorRT compatibility check")
+    c.add_argument(
+        "--target",
+        choices=("cpu", "tensorrt", "openvino"),
+        help="runtime the graph is for: INT8 recipe (cpu: U8S8 for ONNX Runtime; tensorrt: "
+        "symmetric INT8; openvino: NNCF) and a TensorRT check failure is an error for tensorrt; "
+        "default: tensorrt with --engine, else cpu (recorded in the metadata)",
+    )
+    c.add_argument(
+        "--check-trt",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="only check an existing ONNX file against TensorRT's documented ONNX-parser limits "
+        "(exit 2 on any violation); no checkpoint needed",
+    )
+    c.add_argument(
+        "--trt-version",
+        default="10.3",
+        help="TensorRT whose parser limits are checked: 10.3 (JetPack 6), 10.x or 11",
+    )
+
+
+def _target(args: argparse.Namespace) -> str:
+    return args.target or ("tensorrt" if args.engine else "cpu")
+
+
 def _precision(args: argparse.Namespace) -> str:
     return "fp16" if args.fp16 else "int8" if args.int8 else "fp32"
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.checkpoint is None or args.output is None:
+        raise ConfigError(
+            note(
+                "stpm-export needs a checkpoint and -o OUTPUT.onnx",
+                "e.g. stpm-export runs/brick/best.ckpt -o brick.onnx "
+                "(or --check-trt MODEL.onnx to check a file)",
+            )
+        )
     if args.int8 and args.calib is None:
         raise ConfigError(
             note(
@@ -236,24 +276,65 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     sha = G.fingerprint(args.checkpoint)
     graph = G.build_graph(model, payload["calibration"], options, sha)
     frames = graph_feed(_calibration_rgb(args, model.config.image_size), options, model.config)
+    target = _target(args)
     if precision == "int8":
         from stpm_edge.export.int8 import quantize_int8
 
-        graph = quantize_int8(graph, frames, method=args.calib_method, progress=not args.quiet)
-        metadata = G.build_metadata(model, payload["calibration"], options, sha, precision="int8")
+        graph = quantize_int8(
+            graph, frames, method=args.calib_method, progress=not args.quiet, target=target
+        )
+        metadata = G.build_metadata(
+            model, payload["calibration"], options, sha, precision="int8", int8_target=target
+        )
         G.set_metadata(graph, metadata)
         G.check(graph, "int8 export")
+    G.set_metadata(graph, G.read_metadata(graph) | {"stpm.target": target})
     _recalibrate(graph, payload, model.config, options)
     # parity on a bounded sample: calibration may hold hundreds of frames, the check needs few
     report = _parity(
         graph, model, payload["calibration"], options, frames[:PARITY_FRAMES], precision
     )
+    _trt_check(graph, args, target, precision)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph, args.output)
     result = ExportResult(args.output, precision, report.as_dict())
     if args.triton is not None or args.engine:
         _downstream(args, result)
     return result
+
+
+def _trt_check(graph, args: argparse.Namespace, target: str, precision: str) -> None:
+    """TensorRT's documented parser limits on every export: an error when the graph is for
+    TensorRT (--engine or --target tensorrt), a warning otherwise."""
+    from stpm_edge.export.trt_check import check_model, require_trt_compatible
+
+    what = f"{precision} export for target {target}"
+    if args.engine or target == "tensorrt":
+        require_trt_compatible(graph, args.trt_version, what)
+        return
+    violations = check_model(graph, args.trt_version)
+    if violations:
+        logger.warning(
+            "%s: not for TensorRT (%d parser-limit violations, e.g. %s: %s); export with "
+            "--target tensorrt for a TensorRT graph",
+            what,
+            len(violations),
+            violations[0].node,
+            violations[0].rule,
+        )
+
+
+def check_trt_file(path: Path, trt_version: str) -> int:
+    """``stpm-export --check-trt MODEL.onnx``: print the violations; 0 if none, else 2."""
+    from stpm_edge.export.trt_check import check_model, format_violations
+
+    violations = check_model(path, trt_version)
+    if not violations:
+        print(f"{path}: no documented TensorRT {trt_version} ONNX-parser limit violated")
+        return 0
+    print(f"{path}: {len(violations)} TensorRT {trt_version} ONNX-parser violation(s):")
+    print(format_violations(violations))
+    return 2
 
 
 def _recalibrate(graph, payload: dict, config, options) -> None:
@@ -359,6 +440,8 @@ def describe(result: ExportResult) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.check_trt is not None:
+        return check_trt_file(args.check_trt, args.trt_version)
     result = export_checkpoint(args)
     print(describe(result))
     if args.verbose:

@@ -259,6 +259,7 @@ def build_metadata(
     options: GraphOptions,
     checkpoint_sha256: str,
     precision: str | None = None,
+    int8_target: str | None = None,
 ) -> dict[str, str]:
     cfg = model.config
     values = {
@@ -282,6 +283,8 @@ def build_metadata(
         "checkpoint_sha256": checkpoint_sha256,
         "outputs": output_names(options),
     }
+    if int8_target is not None:  # the runtime an INT8 graph's quantisation recipe is for
+        values["int8_target"] = int8_target
     return {f"stpm.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
