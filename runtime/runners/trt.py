@@ -1,11 +1,17 @@
 """Native TensorRT 10/11 backend: name-based I/O, cuda-python buffers and stream.
 
 **Unverified here**: the project has had no GPU or TensorRT so far. The glue (profile checks,
-buffer reuse, dtype mapping, sidecar reading, CUDA-graph bookkeeping) is tested against test
-doubles in ``tests/runtime/test_trt_runner.py``; the TensorRT/cuda-python calls follow NVIDIA's
-documented API (``num_io_tensors``, ``get_tensor_name/mode/dtype/shape``,
+buffer reuse, dtype mapping, sidecar reading, CUDA-graph bookkeeping) is tested against the test
+doubles in ``tests/fakes`` (the same ones the engine builder's tests use); the TensorRT/cuda-python
+calls follow NVIDIA's documented API (``num_io_tensors``, ``get_tensor_name/mode/dtype/shape``,
 ``get_tensor_profile_shape``, ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``;
 ``cudaMalloc``/``cudaMallocHost``/``cudaMemcpyAsync``/``cudaStream*``/``cudaGraph*``).
+
+Every return value that signals failure is checked: ``deserialize_cuda_engine`` and
+``create_execution_context`` (``None``), ``set_input_shape``/``set_tensor_address``/
+``execute_async_v3`` (``False``), and every cuda-python error code. A CUDA-graph capture always
+ends (``cudaStreamEndCapture`` in ``finally``), so the stream never stays in capture mode; when
+capture fails the runner warns once and keeps running with plain enqueues.
 
 tensorrt and cuda-python are imported at load time only (or injected, for tests).
 """
@@ -191,13 +197,7 @@ class TrtRunner(Runner):
             source = self._runtime.deserialize_cuda_engine(bytes(source))
             self._owns_engine = True
             if source is None:
-                raise BackendError(
-                    note(
-                        "TensorRT could not deserialise the engine",
-                        "engines are tied to the TensorRT version and the GPU they were built on; "
-                        "rebuild model.engine on this device from model.onnx",
-                    )
-                )
+                raise BackendError(self._deserialize_failed(trt))
         if self._props is None:
             raise BackendError(
                 note(
@@ -207,6 +207,14 @@ class TrtRunner(Runner):
             )
         self.engine = source
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(
+                note(
+                    "tensorrt: create_execution_context returned None",
+                    "usually not enough free GPU memory for the engine's activations; close "
+                    "other GPU programs or rebuild with a smaller max batch",
+                )
+            )
         self._stream = self._cuda(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
@@ -221,6 +229,17 @@ class TrtRunner(Runner):
                 self._outputs.append(name)
         if self.build_info:
             logger.info("tensorrt: engine built with %s", self.build_info)
+
+    def _deserialize_failed(self, trt: Any) -> str:
+        built = self.build_info.get("tensorrt_version")
+        gpu = self.build_info.get("gpu_name")
+        here = getattr(trt, "__version__", "?")
+        origin = f" (built with TensorRT {built} on {gpu or 'an unnamed GPU'}; this is {here})"
+        return note(
+            "TensorRT could not deserialise the engine" + (origin if built else ""),
+            "engines are tied to the TensorRT version and the GPU they were built on; "
+            "rebuild model.engine on this device from model.onnx",
+        )
 
     def max_batch_size(self) -> int | None:
         if not self._profiles:
@@ -250,7 +269,10 @@ class TrtRunner(Runner):
         buf.host = self._cuda(cudart.cudaMallocHost(nbytes), "cudaMallocHost")
         buf.capacity = nbytes
         self.allocations += 1
-        self.context.set_tensor_address(name, int(buf.device))
+        if not self.context.set_tensor_address(name, int(buf.device)):
+            raise BackendError(
+                note(f"tensorrt: set_tensor_address({name!r}) failed", "see the TensorRT log above")
+            )
         return True
 
     def _free_buffer(self, buf: _Buffer) -> None:
@@ -276,7 +298,8 @@ class TrtRunner(Runner):
             self._cuda(
                 cudart.cudaMemcpyAsync(buf.device, buf.host, nbytes, h2d, self._stream), "H2D copy"
             )
-        if not self.context.execute_async_v3(self._stream):
+        # The binding takes the stream as an int handle; cuda-python streams are objects.
+        if not self.context.execute_async_v3(int(self._stream)):
             raise BackendError("tensorrt: execute_async_v3 failed (see the TensorRT log above)")
         for name in self._outputs:
             buf, nbytes = self._buffers[name], self._nbytes(name, shapes[name])
@@ -293,23 +316,52 @@ class TrtRunner(Runner):
             self._cuda(self._cudart.cudaGraphDestroy(self._graph), "cudaGraphDestroy")
         self._graph = self._graph_exec = self._graph_shape = None
 
-    def _capture(self, shapes: dict[str, tuple[int, ...]]) -> None:
+    def _capture(self, shapes: dict[str, tuple[int, ...]]) -> bool:
+        """Capture copy-in + execute + copy-out as a CUDA graph; False (and graphs off) on failure.
+
+        The capture is ended in ``finally`` whatever happens in between: a stream left in capture
+        mode makes every later call on it fail (even a plain enqueue or a synchronize).
+        """
         cudart = self._cudart
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        error: str | None = None
+        graph = None
         self._cuda(cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
-        self._enqueue(shapes)
-        self._graph = self._cuda(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
-        self._graph_exec = self._cuda(
-            cudart.cudaGraphInstantiate(self._graph, 0), "cudaGraphInstantiate"
-        )
-        self._graph_shape = tuple(shapes[n] for n in self._inputs)
+        try:
+            self._enqueue(shapes)
+        except BackendError as exc:
+            error = str(exc).splitlines()[0]
+        finally:
+            ended = cudart.cudaStreamEndCapture(self._stream)
+            if ended[0] == cudart.cudaError_t.cudaSuccess:
+                graph = ended[1]
+            elif error is None:
+                error = f"cudaStreamEndCapture failed with {ended[0]}"
+        if error is None:
+            result = cudart.cudaGraphInstantiate(graph, 0)
+            if result[0] == cudart.cudaError_t.cudaSuccess:
+                self._graph, self._graph_exec = graph, result[1]
+                self._graph_shape = tuple(shapes[n] for n in self._inputs)
+                return True
+            error = f"cudaGraphInstantiate failed with {result[0]}"
+        if graph is not None:
+            cudart.cudaGraphDestroy(graph)
+        logger.warning("tensorrt: CUDA graph capture failed (%s): using plain enqueues", error)
+        self.cuda_graph = False  # what failed once fails again: do not retry every frame
+        return False
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         moved = False
         for name in self._inputs:
             shape = tuple(feeds[name].shape)
             self._check_profile(name, shape)
-            self.context.set_input_shape(name, shape)
+            if not self.context.set_input_shape(name, shape):
+                raise BackendError(
+                    note(
+                        f"tensorrt: set_input_shape({name!r}, {format_shape(shape)}) failed",
+                        "the engine refused this shape; see the TensorRT log above",
+                    )
+                )
         shapes = {n: tuple(feeds[n].shape) for n in self._inputs}
         for name in self._outputs:
             shapes[name] = tuple(int(d) for d in self.context.get_tensor_shape(name))
