@@ -32,6 +32,7 @@ from torch import nn
 
 from stpm_edge import __version__
 from stpm_edge import anomaly_map as am
+from stpm_edge.backbones import get_backbone_spec
 from stpm_edge.errors import ConfigError, ExportError, note
 from stpm_edge.model import STPM
 
@@ -266,7 +267,7 @@ def build_metadata(
         "format": "stpm-edge-onnx/1",
         "version": __version__,
         "backbone": cfg.backbone,
-        "layers": cfg.layers,
+        "layers": [stage.module for stage in get_backbone_spec(cfg.backbone).stages],
         "input_size": [cfg.image_size, cfg.image_size],
         "input_format": options.input_format,
         "color_order": options.color_order,
@@ -279,6 +280,7 @@ def build_metadata(
         "layout": options.layout,
         "blur_sigma": cfg.blur_sigma,
         "score_reduction": cfg.score_reduction,
+        "topk_fraction": cfg.topk_fraction,
         "teacher_weights": cfg.teacher_weights,
         "checkpoint_sha256": checkpoint_sha256,
         "outputs": output_names(options),

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "stpm-edge-ckpt/1"
 REQUIRED_KEYS = ("format", "config", "teacher", "student", "calibration")
+# Config keys older checkpoints carry and this version ignores: ``layers`` only named the backbone's
+# feature stages, which the backbone registry defines (it never selected anything).
+LEGACY_KEYS = frozenset({"layers"})
 
 
 def library_versions() -> dict[str, str]:
@@ -102,7 +105,7 @@ def _reason(exc: Exception) -> str:
 
 def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> STPM:
     """Rebuild an :class:`STPM` from a checkpoint dict (no download: the teacher is inside)."""
-    config = ModelConfig(**payload["config"])
+    config = ModelConfig(**{k: v for k, v in payload["config"].items() if k not in LEGACY_KEYS})
     model = STPM(config, load_teacher=False)
     try:
         model.teacher.load_state_dict(payload["teacher"], strict=True)

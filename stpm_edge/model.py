@@ -32,7 +32,6 @@ class ModelConfig:
     topk_fraction: float = 0.01
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
-    layers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         spec = get_backbone_spec(self.backbone)
@@ -51,7 +50,6 @@ class ModelConfig:
             )
         self.mean = list(self.mean or spec.weights.mean)
         self.std = list(self.std or spec.weights.std)
-        self.layers = list(self.layers or [s.module for s in spec.stages])
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -65,7 +65,6 @@ def test_file_is_a_plain_dict_for_weights_only(saved: tuple[STPM, Path]) -> None
     cfg = payload["config"]
     assert {
         "backbone",
-        "layers",
         "image_size",
         "mean",
         "std",
@@ -131,8 +130,22 @@ def test_weights_of_another_backbone(saved: tuple[STPM, Path], tmp_path: Path) -
     _, path = saved
     payload = torch.load(path, map_location="cpu", weights_only=True)
     payload["config"]["backbone"] = "resnet18"
-    payload["config"]["mean"], payload["config"]["std"], payload["config"]["layers"] = [], [], []
+    payload["config"]["mean"], payload["config"]["std"] = [], []
     bad = tmp_path / "swapped.ckpt"
     torch.save(payload, bad)
     with pytest.raises(CheckpointError, match="resnet18"):
         load_model_from_checkpoint(bad)
+
+
+def test_older_checkpoint_with_layers_key_still_loads(
+    saved: tuple[STPM, Path], tmp_path: Path
+) -> None:
+    # checkpoints written before the key was dropped name the backbone's stages in config.layers
+    model, path = saved
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    assert "layers" not in payload["config"]
+    payload["config"]["layers"] = ["blocks.2", "blocks.4", "blocks.10"]
+    old = tmp_path / "old.ckpt"
+    torch.save(payload, old)
+    loaded = load_model_from_checkpoint(old)
+    assert loaded.config.to_dict() == model.config.to_dict()

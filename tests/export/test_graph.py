@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
+from stpm_edge.backbones import get_backbone_spec
 from stpm_edge.export import graph as G
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -36,6 +37,7 @@ DESIGN_KEYS = {
     "stpm.layout",
     "stpm.blur_sigma",
     "stpm.score_reduction",
+    "stpm.topk_fraction",
     "stpm.checkpoint_sha256",
     "stpm.outputs",
 }
@@ -215,7 +217,10 @@ def test_metadata_contract(cli_graph, best_ckpt: Path, payload) -> None:
     assert meta["stpm.input_format"] == "uint8_nhwc" and meta["stpm.color_order"] == "BGR"
     assert meta["stpm.precision"] == "fp32" and meta["stpm.layout"] == "separate"
     assert meta["stpm.backbone"] == "efficientnet_lite0"
-    assert json.loads(meta["stpm.layers"]) == payload["config"]["layers"]
+    stages = get_backbone_spec("efficientnet_lite0").stages
+    assert json.loads(meta["stpm.layers"]) == [s.module for s in stages]
+    assert meta["stpm.score_reduction"] == payload["config"]["score_reduction"] == "topk"
+    assert json.loads(meta["stpm.topk_fraction"]) == payload["config"]["topk_fraction"]
     assert json.loads(meta["stpm.mean"]) == payload["config"]["mean"]
     assert meta["stpm.checkpoint_sha256"] == G.fingerprint(best_ckpt)
     assert json.loads(meta["stpm.outputs"]) == ["anomaly_map", "score", "score_normalized"]
