@@ -24,7 +24,8 @@ anomaly map and scores, run by a single session.run.
 
   input   image             uint8 (N,H,W,3) in --color-order  (or float32 (N,3,H,W), --input float)
   outputs anomaly_map       float32 (N,1,H,W)
-          score             float32 (N,)   raw, max of the map
+          score             float32 (N,)   raw: mean of the map's top 1 % (default) or its max,
+                                           as trained (metadata stpm.score_reduction)
           score_normalized  float32 (N,)   calibrated: >= 0.5 means NG
 
 Precision (choose one): FP32 (default) | --fp16 (backbones in fp16; normalisation, distances,
