@@ -167,3 +167,135 @@ def test_create_runner_errors(fake_onnx, tmp_path) -> None:
 def test_format_shape() -> None:
     assert format_shape((-1, 256, 256, 3)) == "(N,256,256,3)"
     assert format_shape((None, 3, None)) == "(N,3,?)"
+
+
+# -- the TensorRT execution provider's options (no GPU here: a fake onnxruntime records them) ---
+
+
+class _FakeOrt:
+    """onnxruntime double offering the TensorRT provider; records what InferenceSession got."""
+
+    __version__ = "1.20.1"
+
+    def __init__(self) -> None:
+        import onnxruntime
+
+        self.SessionOptions = onnxruntime.SessionOptions
+        self.GraphOptimizationLevel = onnxruntime.GraphOptimizationLevel
+        self.created: list[list] = []
+        fake = self
+
+        class InferenceSession:
+            def __init__(self, model, sess_options=None, providers=()) -> None:
+                fake.created.append(list(providers))
+                # the real CPU session stands in for the GPU one
+                self._real = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+                self._providers = [p if isinstance(p, str) else p[0] for p in providers]
+
+            def get_providers(self):
+                return list(self._providers)
+
+            def __getattr__(self, name):
+                return getattr(self._real, name)
+
+        self.InferenceSession = InferenceSession
+
+    @staticmethod
+    def get_available_providers():
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def trt_options(self) -> dict[str, str]:
+        (providers,) = self.created
+        name, options = providers[0]
+        assert name == "TensorrtExecutionProvider"
+        return options
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    from stpm_edge.runtime.runners import ort as ort_runner
+
+    fake = _FakeOrt()
+    monkeypatch.setattr(ort_runner, "import_onnxruntime", lambda: fake)
+    monkeypatch.setattr(ort_runner, "tensorrt_version", lambda: "10.3.0")
+    monkeypatch.setattr(ort_runner, "gpu_name", lambda: "NVIDIA Jetson AGX Orin")
+    return fake
+
+
+def _metadata_onnx(make_fake_onnx, path: Path, **extra: str) -> Path:
+    from conftest import fake_metadata
+
+    return make_fake_onnx(path, size=64, metadata={**fake_metadata(64), **extra})
+
+
+def test_trt_provider_gets_profile_from_default_batch_range(fake_onnx, fake_ort) -> None:
+    with OrtRunner(fake_onnx, providers=["tensorrt", "cuda", "cpu"]) as runner:
+        assert runner.name == "onnxruntime[TensorrtExecutionProvider]"
+        out = runner.infer({"image": _image(3)})  # the session works with these options
+    assert out["score"].shape == (3,)
+    assert fake_ort.trt_options() == {
+        "trt_profile_min_shapes": "image:1x64x64x3",
+        "trt_profile_opt_shapes": "image:1x64x64x3",
+        "trt_profile_max_shapes": "image:8x64x64x3",
+    }
+    assert fake_ort.created[0][1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_trt_profile_from_metadata_then_caller(make_fake_onnx, tmp_path, fake_ort) -> None:
+    model = _metadata_onnx(
+        make_fake_onnx, tmp_path / "m.onnx", **{"stpm.batch_range": "[2, 4, 16]"}
+    )
+    with OrtRunner(model, providers=["tensorrt"]):
+        pass
+    options = fake_ort.trt_options()
+    assert options["trt_profile_min_shapes"] == "image:2x64x64x3"
+    assert options["trt_profile_opt_shapes"] == "image:4x64x64x3"
+    assert options["trt_profile_max_shapes"] == "image:16x64x64x3"
+
+    fake_ort.created.clear()
+    with OrtRunner(model, providers=["tensorrt"], trt_batch_range=(1, 1, 2)):
+        pass
+    assert fake_ort.trt_options()["trt_profile_max_shapes"] == "image:2x64x64x3"
+
+    with pytest.raises(BackendError, match=r"trt_batch_range \(4, 2, 8\) is not a batch range"):
+        OrtRunner(model, providers=["tensorrt"], trt_batch_range=(4, 2, 8)).load()
+
+
+def test_trt_caches_keyed_by_versions_and_gpu(fake_onnx, tmp_path, fake_ort) -> None:
+    with OrtRunner(fake_onnx.read_bytes(), providers=["tensorrt"], trt_cache_dir=tmp_path / "c"):
+        pass
+    options = fake_ort.trt_options()
+    folder = tmp_path / "c" / "ort1.20.1_trt10.3.0_nvidia-jetson-agx-orin"
+    assert folder.is_dir()
+    assert options["trt_engine_cache_enable"] == "True"
+    assert options["trt_timing_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(folder)
+    assert "trt_fp16_enable" not in options  # strongly typed build: the graph's own precision
+
+
+def test_trt_fp16_only_for_fp16_graphs(make_fake_onnx, tmp_path, fake_ort) -> None:
+    fp32 = _metadata_onnx(make_fake_onnx, tmp_path / "a.onnx")
+    with pytest.raises(BackendError, match="trt_fp16 asked for a fp32 graph"):
+        OrtRunner(fp32, providers=["tensorrt"], trt_fp16=True).load()
+    fp16 = _metadata_onnx(make_fake_onnx, tmp_path / "b.onnx", **{"stpm.precision": "fp16"})
+    with OrtRunner(fp16, providers=["tensorrt"]):
+        pass
+    assert "trt_fp16_enable" not in fake_ort.trt_options()
+    fake_ort.created.clear()
+    with OrtRunner(fp16, providers=["tensorrt"], trt_fp16=True):
+        pass
+    assert fake_ort.trt_options()["trt_fp16_enable"] == "True"
+
+
+def test_trt_cache_key_and_versions(monkeypatch) -> None:
+    from stpm_edge.runtime.runners import ort as ort_runner
+
+    assert ort_runner.trt_cache_key("1.20.1", None, None) == "ort1.20.1_trtunknown_gpu"
+    assert (
+        ort_runner.trt_cache_key("1.22.0", "10.3.0.30", "NVIDIA GeForce RTX 4090")
+        == "ort1.22.0_trt10.3.0.30_nvidia-geforce-rtx-4090"
+    )
+    monkeypatch.setattr(ort_runner.importlib.metadata, "version", lambda dist: "10.3.0.30")
+    assert ort_runner.tensorrt_version() == "10.3.0.30"
+    assert ort_runner.trt_profile_options({"image": (None, None, None, 3)}, (1, 1, 8)) == {}
+    assert ort_runner.trt_profile_options({"image": (1, 64, 64, 3)}, (1, 1, 8)) == {}
