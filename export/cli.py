@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorRT timing cache file (read if present, then updated)",
     )
     _add_target_args(p)
+    _add_threshold_args(p)
     s = p.add_argument_group("serving")
     s.add_argument(
         "--triton", type=Path, metavar="REPO_DIR", help="also write a Triton model repository"
@@ -169,6 +170,28 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
         "--trt-version",
         default="10.3",
         help="TensorRT whose parser limits are checked: 10.3 (JetPack 6), 10.x or 11",
+    )
+
+
+def _add_threshold_args(p: argparse.ArgumentParser) -> None:
+    """Hand-set thresholds (the calibration service's "manual" source: H4)."""
+    c = p.add_argument_group(
+        "thresholds (default: the checkpoint's, re-fitted to this precision by their source: "
+        "validation images, or the labelled images of stpm-eval --save-calibrated)"
+    )
+    c.add_argument(
+        "--threshold",
+        type=float,
+        metavar="SCORE",
+        help="image threshold in raw score units, set by hand and written as is (source "
+        "'manual'; never re-fitted, so check it against this precision's scores)",
+    )
+    c.add_argument(
+        "--pixel-threshold",
+        type=float,
+        metavar="SCORE",
+        help="with --threshold: the defect-region threshold (default: the checkpoint's "
+        "pixel/image ratio applied to --threshold)",
     )
 
 
@@ -290,7 +313,7 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
         G.set_metadata(graph, metadata)
         G.check(graph, "int8 export")
     G.set_metadata(graph, G.read_metadata(graph) | {"stpm.target": target})
-    _recalibrate(graph, payload, model.config, options)
+    _recalibrate(graph, payload, model.config, options, args)
     # parity on a bounded sample: calibration may hold hundreds of frames, the check needs few
     report = _parity(
         graph, model, payload["calibration"], options, frames[:PARITY_FRAMES], precision
@@ -338,32 +361,43 @@ def check_trt_file(path: Path, trt_version: str) -> int:
     return 2
 
 
-def _recalibrate(graph, payload: dict, config, options) -> None:
-    """Thresholds from THIS graph's scores on the run's validation images.
+def _recalibrate(graph, payload: dict, config, options, args: argparse.Namespace) -> None:
+    """Write the thresholds THIS graph must use (the calibration service, DESIGN.md §4).
 
-    FP16 and INT8 shift raw scores (INT8 by up to tens of percent), so a threshold calibrated on
-    the FP32 model would misjudge. The validation images are listed in the checkpoint; when they
-    are gone (another machine), the checkpoint's FP32 calibration is kept with a warning.
+    FP16 and INT8 shift raw scores (INT8 by up to tens of percent), so the checkpoint's
+    thresholds are re-fitted on this graph's scores by their source: the validation images, or
+    the labelled images stored by ``stpm-eval --save-calibrated``; a hand-set threshold
+    (``--threshold`` or a "manual" checkpoint) is written as is. When the images are gone the
+    checkpoint's thresholds are kept and a warning says so.
     """
-    from stpm_edge.calibration import calibrate_from_good
+    from stpm_edge import calibration as C
     from stpm_edge.export import graph as G
     from stpm_edge.export.parity import run_onnx
 
-    paths = [Path(p) for p in payload.get("val_paths", [])]
-    if not paths or not all(p.is_file() for p in paths):
-        logger.warning(
-            "validation images of this run not found: keeping the checkpoint's calibration "
-            "(re-export on the training machine for thresholds fitted to this precision)"
+    precision = G.read_metadata(graph).get("stpm.precision", options.precision)
+    if getattr(args, "pixel_threshold", None) is not None and args.threshold is None:
+        raise ConfigError(
+            note("--pixel-threshold needs --threshold", "give both, e.g. --threshold 0.02")
         )
-        return
-    frames = graph_feed(load_rgb(paths, config.image_size), options, config)
-    calibration = calibrate_from_good(run_onnx(graph, frames)["score"])
+    if getattr(args, "threshold", None) is not None:
+        calibration = C.calibrate_manual(
+            args.threshold, args.pixel_threshold, base=payload["calibration"]
+        )
+        if precision != "fp32":
+            logger.warning(
+                "--threshold %.4g written as is into the %s graph: its raw scores differ "
+                "slightly from fp32 (see the parity line); check the verdicts",
+                args.threshold,
+                precision,
+            )
+    else:
+
+        def score(paths: list[Path]):
+            out = run_onnx(graph, graph_feed(load_rgb(paths, config.image_size), options, config))
+            return out["score"], out["anomaly_map"][:, 0]
+
+        calibration = C.recalibrate(payload, score, f"the {precision} graph")
     G.apply_calibration(graph, calibration)
-    logger.info(
-        "re-calibrated on %d validation images: image threshold %.4g",
-        len(paths),
-        calibration["image_threshold"],
-    )
 
 
 def _parity(graph, model, calibration, options, frames, precision):

@@ -146,5 +146,7 @@ def normalize_score(
 
 
 def calibration_scale(calibration: dict) -> float:
-    """The normalisation range of a calibration dict, guarded against a zero range."""
-    return max(float(calibration["score_max"]) - float(calibration["score_min"]), 1e-12)
+    """The normalisation range of a calibration dict (``stpm_edge.calibration``'s, the one rule)."""
+    from stpm_edge.calibration import calibration_scale as scale
+
+    return scale(calibration)

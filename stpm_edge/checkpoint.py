@@ -40,7 +40,15 @@ def library_versions() -> dict[str, str]:
 def save_checkpoint(
     path: Path, model: STPM, calibration: dict[str, Any] | None, **fields: Any
 ) -> None:
-    """Write atomically (temp file + rename) so a killed run never leaves a truncated checkpoint."""
+    """Write atomically (temp file + rename) so a killed run never leaves a truncated checkpoint.
+
+    A non-empty ``calibration`` must pass :func:`stpm_edge.calibration.check_calibration`: a NaN
+    or degenerate threshold is never written.
+    """
+    if calibration:
+        from stpm_edge.calibration import check_calibration, with_defaults
+
+        calibration = check_calibration(with_defaults(calibration), f"checkpoint {path}")
     payload = {
         "format": FORMAT,
         "config": model.config.to_dict(),

@@ -179,8 +179,10 @@ def evaluate_checkpoint(
     """``stpm-eval``: evaluate a checkpoint on ``data/category/test``; returns the metrics.
 
     Map-setting overrides do not change training, so they can be compared without retraining;
-    thresholds are then re-calibrated on the run's validation images. ``save_calibrated`` writes a
-    copy of the checkpoint whose thresholds are F1-optimal on these labelled images.
+    thresholds are then re-fitted by :func:`stpm_edge.calibration.recalibrate` (validation images,
+    or the stored labelled images; manual thresholds are kept). ``save_calibrated`` writes a copy
+    of the checkpoint whose thresholds are F1-optimal on these labelled images, with their paths
+    and labels, so stpm-export can re-fit them to the exported precision.
     """
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.data import MVTecCategory
@@ -218,7 +220,7 @@ def evaluate_checkpoint(
 
 def save_labelled_calibration(payload: dict, model, pred: Predictions, path: Path) -> Path:
     """A new checkpoint (never the input) with F1-optimal image and pixel thresholds."""
-    from stpm_edge.calibration import calibrate_from_labels
+    from stpm_edge.calibration import calibrate_from_labels, labelled_record
     from stpm_edge.checkpoint import save_checkpoint
     from stpm_edge.errors import OutputExistsError, note
 
@@ -233,6 +235,11 @@ def save_labelled_calibration(payload: dict, model, pred: Predictions, path: Pat
         for k, v in payload.items()
         if k not in ("format", "config", "teacher", "student", "calibration", "versions")
     }
+    # the labelled images travel by path, so stpm-export can re-fit these thresholds to the
+    # exported precision by re-scoring them (DESIGN.md §4)
+    extra["labelled_images"] = labelled_record(
+        [s.path for s in pred.samples], pred.labels.tolist(), [s.mask_path for s in pred.samples]
+    )
     save_checkpoint(path, model, calibration, **extra)
     logger.info(
         "wrote %s with labelled thresholds (image %.4g, pixel %.4g)",
@@ -243,20 +250,27 @@ def save_labelled_calibration(payload: dict, model, pred: Predictions, path: Pat
     return path
 
 
-def _recalibrate(model, payload: dict, device: str, batch_size: int) -> dict | None:
-    from stpm_edge.calibration import calibrate_from_good
+def torch_scorer(model, device: str = "cpu", batch_size: int = 8):
+    """A :data:`stpm_edge.calibration.Scorer` of the PyTorch model: paths -> (scores, maps)."""
 
-    paths = [Path(p) for p in payload.get("val_paths", [])]
-    if not paths or not all(p.is_file() for p in paths):
-        logger.warning("validation images not found: verdicts use the checkpoint's thresholds")
-        return payload["calibration"]
-    samples = [Sample(path=p, label=0, defect_type="good", mask_path=None) for p in paths]
-    pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
-    return calibrate_from_good(pred.scores)
+    def score(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        samples = [Sample(path=p, label=0, defect_type="good", mask_path=None) for p in paths]
+        pred = predict(samples, torch_predictor(model, device), model.config.image_size, batch_size)
+        return pred.scores, pred.maps
+
+    return score
+
+
+def _recalibrate(model, payload: dict, device: str, batch_size: int) -> dict:
+    """The checkpoint's thresholds re-fitted to other map settings (the calibration service)."""
+    from stpm_edge.calibration import recalibrate
+
+    return recalibrate(payload, torch_scorer(model, device, batch_size), "these map settings")
 
 
 def _fallback_calibration(pred: Predictions) -> dict:
-    from stpm_edge.calibration import calibrate_from_good
+    from stpm_edge.calibration import calibrate_from_good, map_peaks
 
     logger.warning("checkpoint has no calibration: using the test set's good images")
-    return calibrate_from_good(pred.scores[pred.labels == 0])
+    good = pred.labels == 0
+    return calibrate_from_good(pred.scores[good], map_peaks(pred.maps[good]))

@@ -156,14 +156,17 @@ def validation_loss(model: STPM, dataset, cfg: TrainConfig, device: torch.device
 
 
 @torch.no_grad()
-def scores_of(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+def scores_of(
+    model: STPM, dataset, cfg: TrainConfig, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw scores (N,) and anomaly-map peaks (N,) of ``dataset``, in order."""
     model.eval()
-    return np.concatenate(
-        [
-            model.score_map(b["image"].to(device))[1].cpu().numpy()
-            for b in _epoch_loader(dataset, cfg, 0, shuffle=False)
-        ]
-    )
+    scores, peaks = [], []
+    for batch in _epoch_loader(dataset, cfg, 0, shuffle=False):
+        amap, score = model.score_map(batch["image"].to(device))
+        scores.append(score.cpu().numpy())
+        peaks.append(amap.flatten(1).amax(dim=1).cpu().numpy())
+    return np.concatenate(scores), np.concatenate(peaks)
 
 
 def _prepare_out_dir(cfg: TrainConfig) -> Path:
@@ -314,7 +317,7 @@ def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) 
     best = out / "best.ckpt"
     payload = load_checkpoint(best)
     model = model_from_payload(payload, str(best)).to(device)
-    calibration = calibrate_from_good(scores_of(model, val_set, cfg, device))
+    calibration = calibrate_from_good(*scores_of(model, val_set, cfg, device))
     extra = {
         k: v
         for k, v in payload.items()
