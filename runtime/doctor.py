@@ -518,6 +518,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         *_env_lines(report["environment"]),
         "",
     ]
+    model = report.get("model")
+    if model:
+        meta = model.get("metadata") or {}
+        keys = ("stpm.precision", "stpm.layout", "stpm.backbone", "stpm.input_size", "stpm.version")
+        facts = ", ".join(f"{k.split('.', 1)[1]} {meta[k]}" for k in keys if k in meta)
+        lines += [f"Model: `{model['path']}` ({facts or 'metadata unreadable'})", ""]
     if report["warnings"]:
         lines += ["## Warnings", "", *[f"- {w}" for w in report["warnings"]], ""]
     if report["checks"]:
@@ -530,17 +536,36 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_metadata(path: Path) -> dict[str, str] | None:
+    """The ``stpm.*`` props of MODEL (how it was exported), None when onnx cannot read them."""
+    try:
+        from stpm_edge.benchmarks.runner import model_metadata as read
+
+        return read(path)
+    except Exception as exc:  # onnx missing or a broken file: the checks report the latter
+        logger.debug("metadata of %s unreadable: %s", path, exc)
+        return None
+
+
 def build_report(
-    argv: Sequence[str], env: dict[str, Any], warnings: list[str], checks: list[Check]
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    env: dict[str, Any],
+    warnings: list[str],
+    checks: list[Check],
 ) -> dict[str, Any]:
     from stpm_edge import __version__
 
+    model = None
+    if args.model:
+        model = {"path": str(args.model), "metadata": model_metadata(Path(args.model))}
     return {
         "schema_version": SCHEMA,
         "command": shlex.join(["stpm-doctor", *argv]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "stpm_edge": __version__,
         "ok": not any(c.status == FAIL for c in checks),
+        "model": model,
         "environment": env,
         "warnings": warnings,
         "checks": [asdict(c) for c in checks],
@@ -618,7 +643,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     env = probe_environment()
     warnings = environment_warnings(env)
     checks = model_checks(args, env) if args.model else []
-    report = build_report(argv, env, warnings, checks)
+    report = build_report(args, argv, env, warnings, checks)
     markdown = render_markdown(report)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "doctor.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")

@@ -64,6 +64,8 @@ def test_exported_model_passes_on_ort_cpu(exported_onnx: Path, tmp_path: Path, c
     assert env["python"] == sys.version.split()[0]
     assert set(env["opencv"]["video_io"]) >= {"gstreamer", "ffmpeg"}
     assert "CPUExecutionProvider" in env["onnxruntime"]["providers"]
+    assert report["model"]["metadata"]["stpm.precision"] == "fp32"  # how the model was exported
+    assert "precision fp32" in md
     assert report["ok"] is True and md.startswith("# stpm-doctor: PASS")
     assert "# stpm-doctor: PASS" in capsys.readouterr().out  # printed as well as written
 
