@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--triton", type=Path, metavar="REPO_DIR", help="also write a Triton model repository"
     )
     s.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size")
+    s.add_argument(
+        "--triton-trt",
+        action="store_true",
+        help="Triton runs the ONNX with ONNX Runtime's TensorRT provider (engine cache, batch "
+        "profile 1..--max-batch-size); a .plan from --engine must be built with the container's "
+        "TensorRT instead",
+    )
     add_logging_args(p)
     return p
 
@@ -440,6 +447,7 @@ def _downstream(args: argparse.Namespace, result: ExportResult) -> None:
             engine_path=result.engine_path,
             max_batch_size=args.max_batch_size,
             force=args.force,
+            tensorrt_accelerator=getattr(args, "triton_trt", False),
         )
 
 

@@ -14,6 +14,18 @@ which Triton rejects; Triton's documented form for it is ``dims: [ 1 ]`` with
 The graph's ``stpm.*`` metadata travels as string ``parameters`` so clients can read the
 thresholds from the model config.
 
+With ``tensorrt_accelerator`` the ONNX model is served by ONNX Runtime's TensorRT execution
+provider inside Triton (Triton's onnxruntime backend, "ONNX Runtime with TensorRT optimization"):
+``optimization { execution_accelerators { gpu_execution_accelerator [ { name: "tensorrt"
+parameters {...} } ] } }`` with ``precision_mode``, ``max_workspace_size_bytes``,
+``trt_engine_cache_enable/path``, ``trt_timing_cache_enable/path`` and
+``trt_profile_{min,opt,max}_shapes`` (batch 1..max_batch_size, the rest of each shape from the
+graph), so a new batch size does not rebuild the engine. ``precision_mode`` stays ``"FP32"``:
+``"FP16"`` maps to ``trt_fp16_enable``, which turns the provider's strongly typed build (the
+graph's own fp16/fp32 mix) into a weakly typed one. The engine is then built on the Triton host by
+the container's own TensorRT. A ``.plan`` (``engine_path``) instead must be built with exactly
+the TensorRT version of the Triton container that serves it, on that GPU model.
+
 The text is generated with Triton's own protobuf schema (``tritonclient``'s ``model_config_pb2``)
 when it is installed, else by a small emitter here; both produce the same message.
 """
@@ -34,9 +46,20 @@ from stpm_edge.errors import ConfigError, ExportError, OutputExistsError, note
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TritonModelSpec", "read_model_spec", "render_config", "write_triton_repository"]
+__all__ = [
+    "TritonModelSpec",
+    "read_model_spec",
+    "render_config",
+    "tensorrt_accelerator_parameters",
+    "write_triton_repository",
+]
 
 KINDS = ("KIND_GPU", "KIND_CPU", "KIND_AUTO")
+DEFAULT_TRT_CACHE = "/tmp/stpm_trt_cache"  # inside the container; mount a volume to keep engines
+PLAN_NOTE = (
+    "a TensorRT plan only loads in the TensorRT version and GPU model it was built with: build it "
+    "inside the Triton container that will serve it (same image, same GPU), e.g. with its trtexec"
+)
 # ONNX TensorProto element-type name -> Triton DataType name.
 _ONNX_TO_TRITON = {
     "BOOL": "TYPE_BOOL",
@@ -84,6 +107,8 @@ class TritonModelSpec:
     instance_count: int = 1
     kind: str = "KIND_GPU"
     parameters: dict[str, str] = field(default_factory=dict)
+    # parameters of the "tensorrt" gpu_execution_accelerator; None = no accelerator
+    tensorrt_accelerator: dict[str, str] | None = None
 
 
 def write_triton_repository(
@@ -97,6 +122,9 @@ def write_triton_repository(
     instance_count: int = 1,
     kind: str = "KIND_GPU",
     force: bool = False,
+    tensorrt_accelerator: bool = False,
+    trt_cache_path: str | None = None,
+    trt_workspace_mb: int = 1024,
 ) -> Path:
     """Write ``repo_dir/<model_name>/`` with ``config.pbtxt`` and version ``1``.
 
@@ -113,6 +141,12 @@ def write_triton_repository(
         instance_count: model instances per device.
         kind: ``KIND_GPU``, ``KIND_CPU`` or ``KIND_AUTO`` (a TensorRT plan needs a GPU).
         force: replace an existing ``<model_name>`` folder (the whole folder, all versions).
+        tensorrt_accelerator: serve the ONNX through ONNX Runtime's TensorRT provider (see the
+            module docstring); not with ``engine_path`` (a plan already is TensorRT).
+        trt_cache_path: engine/timing cache folder *inside the Triton container*; default
+            ``/tmp/stpm_trt_cache/<model_name>`` (mount a volume there to keep engines across
+            restarts).
+        trt_workspace_mb: ``max_workspace_size_bytes`` of the accelerator, in MiB.
 
     Returns:
         The model folder ``repo_dir/<model_name>``.
@@ -145,8 +179,19 @@ def write_triton_repository(
     spec.max_queue_delay_us = int(max_queue_delay_us)
     spec.instance_count = int(instance_count)
     spec.kind = kind
+    if tensorrt_accelerator:
+        if engine is not None or kind == "KIND_CPU":
+            raise ConfigError(
+                note(
+                    "the TensorRT accelerator is for the ONNX model on a GPU instance",
+                    "drop it for a .plan (already TensorRT) or use kind KIND_GPU",
+                )
+            )
+        cache = trt_cache_path or f"{DEFAULT_TRT_CACHE}/{model_name}"
+        spec.tensorrt_accelerator = tensorrt_accelerator_parameters(spec, cache, trt_workspace_mb)
     if engine is not None:
         _check_engine(engine, onnx_path, max_batch_size)
+        logger.warning("%s: %s", engine, PLAN_NOTE)
     text = render_config(spec)
 
     # Assemble next to the destination, then swap it in: a failure leaves the old model intact.
@@ -204,6 +249,38 @@ def read_model_spec(onnx_path: str | Path, model_name: str, max_batch_size: int)
         outputs=outputs,
         parameters=metadata,
     )
+
+
+def tensorrt_accelerator_parameters(
+    spec: TritonModelSpec, cache_path: str, workspace_mb: int = 1024
+) -> dict[str, str]:
+    """Parameters of the ``"tensorrt"`` gpu_execution_accelerator for ``spec``'s ONNX model.
+
+    Keys from Triton's onnxruntime backend README (parameter mapping to the TensorRT EP). The
+    profile covers batches 1..max_batch_size, opt = the largest preferred batch size; it is left
+    out when a non-batch axis is dynamic (no single profile fits).
+    """
+    if int(workspace_mb) <= 0:
+        raise ConfigError(
+            note(f"trt_workspace_mb must be positive, got {workspace_mb}", "e.g. 1024")
+        )
+    params = {
+        "precision_mode": "FP32",  # "FP16" = trt_fp16_enable: weak typing (module docstring)
+        "max_workspace_size_bytes": str(int(workspace_mb) << 20),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": cache_path,
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": cache_path,
+    }
+    if all(d > 0 for t in spec.inputs for d in t.dims):
+        opt = max(spec.preferred_batch_sizes, default=spec.max_batch_size)
+        for key, batch in (("min", 1), ("opt", opt), ("max", spec.max_batch_size)):
+            params[f"trt_profile_{key}_shapes"] = ",".join(
+                f"{t.name}:{'x'.join(str(d) for d in (batch, *t.dims))}" for t in spec.inputs
+            )
+    else:
+        logger.warning("dynamic non-batch input axes: no TensorRT profile in the Triton config")
+    return params
 
 
 def render_config(spec: TritonModelSpec) -> str:
@@ -283,6 +360,11 @@ def _to_message(spec: TritonModelSpec, pb2: Any) -> Any:
     config.instance_group.add(
         count=spec.instance_count, kind=pb2.ModelInstanceGroup.Kind.Value(spec.kind)
     )
+    if spec.tensorrt_accelerator is not None:
+        accelerators = config.optimization.execution_accelerators
+        accelerators.gpu_execution_accelerator.add(
+            name="tensorrt", parameters=spec.tensorrt_accelerator
+        )
     for key, value in spec.parameters.items():
         config.parameters[key].string_value = value
     return config
@@ -318,6 +400,15 @@ def _render_text(spec: TritonModelSpec) -> str:
     lines.append(
         f"instance_group [\n  {{\n    count: {spec.instance_count}\n    kind: {spec.kind}\n  }}\n]"
     )
+    if spec.tensorrt_accelerator is not None:
+        params = "".join(
+            f"        parameters {{ key: {_quote(k)} value: {_quote(v)} }}\n"
+            for k, v in spec.tensorrt_accelerator.items()
+        )
+        lines.append(
+            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator [\n"
+            f'      {{\n        name: "tensorrt"\n{params}      }}\n    ]\n  }}\n}}'
+        )
     for key, value in spec.parameters.items():
         lines.append(
             f"parameters {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n}}"

@@ -260,3 +260,90 @@ def test_external_data_is_copied(tmp_path):
     session = ort.InferenceSession(str(copied / "model.onnx"), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": np.ones((2, 4), np.float32)})
     np.testing.assert_array_equal(y[1], [0, 1, 2, 3])
+
+
+def test_tensorrt_accelerator_for_the_onnx_model(tmp_path, onnx_file, monkeypatch):
+    """--triton-trt: ONNX Runtime's TensorRT provider inside Triton, with engine/timing caches
+    and a profile over Triton's batch range; the config parses with Triton's own schema and the
+    hand emitter writes the same message."""
+    model_dir = write_triton_repository(
+        tmp_path / "a",
+        onnx_file,
+        max_batch_size=8,
+        preferred_batch_sizes=(2, 4),
+        tensorrt_accelerator=True,
+        trt_workspace_mb=512,
+    )
+    cfg = parse_config(model_dir)
+    assert cfg.platform == "onnxruntime_onnx"
+    (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt"
+    assert dict(acc.parameters) == {
+        "precision_mode": "FP32",  # FP16 would switch the provider to weak typing
+        "max_workspace_size_bytes": str(512 << 20),
+        "trt_engine_cache_enable": "1",
+        "trt_engine_cache_path": "/tmp/stpm_trt_cache/stpm",
+        "trt_timing_cache_enable": "1",
+        "trt_timing_cache_path": "/tmp/stpm_trt_cache/stpm",
+        "trt_profile_min_shapes": "image:1x64x64x3",
+        "trt_profile_opt_shapes": "image:4x64x64x3",
+        "trt_profile_max_shapes": "image:8x64x64x3",
+    }
+    assert not cfg.optimization.execution_accelerators.cpu_execution_accelerator
+
+    monkeypatch.setattr(triton, "_load_model_config_pb2", lambda: None)
+    hand = write_triton_repository(
+        tmp_path / "b",
+        onnx_file,
+        max_batch_size=8,
+        preferred_batch_sizes=(2, 4),
+        tensorrt_accelerator=True,
+        trt_workspace_mb=512,
+    )
+    assert "gpu_execution_accelerator [" in (hand / "config.pbtxt").read_text()
+    assert parse_config(hand) == cfg
+
+    # without the option: no optimization section at all
+    plain = parse_config(write_triton_repository(tmp_path / "c", onnx_file))
+    assert not plain.HasField("optimization")
+
+
+def test_tensorrt_accelerator_cache_path_and_refusals(tmp_path, onnx_file):
+    model_dir = write_triton_repository(
+        tmp_path / "r", onnx_file, tensorrt_accelerator=True, trt_cache_path="/models/cache"
+    )
+    (acc,) = parse_config(model_dir).optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.parameters["trt_engine_cache_path"] == "/models/cache"
+    with pytest.raises(ConfigError, match="KIND_GPU"):
+        write_triton_repository(
+            tmp_path / "x", onnx_file, tensorrt_accelerator=True, kind="KIND_CPU"
+        )
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(ConfigError, match="drop it for a .plan"):
+        write_triton_repository(
+            tmp_path / "y", onnx_file, engine_path=engine, tensorrt_accelerator=True
+        )
+
+
+def test_plan_says_it_needs_the_containers_tensorrt(tmp_path, onnx_file, caplog):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    with caplog.at_level("WARNING"):
+        write_triton_repository(tmp_path / "repo", onnx_file, engine_path=engine)
+    assert "build it inside the Triton container that will serve it" in caplog.text
+
+
+def test_export_cli_triton_trt_flag(tmp_path, onnx_file):
+    """``stpm-export ... --triton REPO --triton-trt`` writes the accelerator into the config."""
+    from stpm_edge.export import cli
+
+    repo = tmp_path / "r"
+    args = cli.build_parser().parse_args(
+        ["run/best.ckpt", "-o", str(onnx_file), "--triton", str(repo), "--triton-trt"]
+    )
+    result = cli.ExportResult(onnx_path=onnx_file, precision="fp32", parity={})
+    cli._downstream(args, result)
+    cfg = parse_config(result.triton_dir)
+    (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt" and acc.parameters["trt_profile_max_shapes"] == "image:8x64x64x3"
