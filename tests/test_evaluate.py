@@ -42,10 +42,18 @@ def test_metrics_json(eval_dir: Path) -> None:
     assert 0.0 <= metrics["accuracy_at_threshold"] <= 1.0
 
 
-def test_plots_are_real_pngs(eval_dir: Path) -> None:
-    for name in ("overlays.png", "roc.png", "pro.png"):
-        data = (eval_dir / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, name
+def test_plots_are_drawn(eval_dir: Path) -> None:
+    # what is drawn where is tests/test_plots.py's job; here: the report's figures decode, have
+    # the plot functions' sizes and are not blank
+    import cv2
+
+    for name in ("roc.png", "pro.png"):
+        bgr = cv2.imread(str(eval_dir / name))
+        assert bgr is not None and bgr.shape == (450, 450, 3), name
+        assert (bgr.min(axis=2) < 128).mean() > 0.01, name  # axes, curve, labels on white
+    grid = cv2.imread(str(eval_dir / "overlays.png"))
+    assert grid is not None and grid.shape[1] == 750 and grid.shape[0] % 250 == 0
+    assert grid.std() > 20  # images and heat maps, not an empty canvas
 
 
 def test_predictions_csv(
