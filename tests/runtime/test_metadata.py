@@ -68,14 +68,16 @@ def test_float_graph_needs_mean_std() -> None:
 def test_engine_sidecar_nested_and_flat(tmp_path) -> None:
     engine = tmp_path / "model.engine"
     (tmp_path / "model.engine.json").write_text(
-        json.dumps({"tensorrt_version": "10.3.0", "gpu": "Orin", "metadata": fake_metadata(32)})
+        json.dumps(
+            {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "metadata": fake_metadata(32)}
+        )
     )
     props, build = read_engine_sidecar(engine)
     assert parse_metadata(props).input_size == (32, 32)
-    assert build == {"tensorrt_version": "10.3.0", "gpu": "Orin"}
-    (tmp_path / "model.engine.json").write_text(json.dumps({"gpu": "x", **fake_metadata(16)}))
+    assert build == {"tensorrt_version": "10.3.0", "gpu_name": "Orin"}
+    (tmp_path / "model.engine.json").write_text(json.dumps({"gpu_name": "x", **fake_metadata(16)}))
     props, build = read_engine_sidecar(engine)
-    assert parse_metadata(props).input_size == (16, 16) and build == {"gpu": "x"}
+    assert parse_metadata(props).input_size == (16, 16) and build == {"gpu_name": "x"}
 
 
 def test_engine_sidecar_missing(tmp_path) -> None:
