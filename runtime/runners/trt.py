@@ -326,17 +326,20 @@ class TrtRunner(Runner):
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         error: str | None = None
         graph = None
-        self._cuda(cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
-        try:
-            self._enqueue(shapes)
-        except BackendError as exc:
-            error = str(exc).splitlines()[0]
-        finally:
-            ended = cudart.cudaStreamEndCapture(self._stream)
-            if ended[0] == cudart.cudaError_t.cudaSuccess:
-                graph = ended[1]
-            elif error is None:
-                error = f"cudaStreamEndCapture failed with {ended[0]}"
+        began = cudart.cudaStreamBeginCapture(self._stream, mode)[0]
+        if began != cudart.cudaError_t.cudaSuccess:
+            error = f"cudaStreamBeginCapture failed with {began}"
+        else:
+            try:
+                self._enqueue(shapes)
+            except BackendError as exc:
+                error = str(exc).splitlines()[0]
+            finally:
+                ended = cudart.cudaStreamEndCapture(self._stream)
+                if ended[0] == cudart.cudaError_t.cudaSuccess:
+                    graph = ended[1]
+                elif error is None:
+                    error = f"cudaStreamEndCapture failed with {ended[0]}"
         if error is None:
             result = cudart.cudaGraphInstantiate(graph, 0)
             if result[0] == cudart.cudaError_t.cudaSuccess:

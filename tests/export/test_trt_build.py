@@ -354,3 +354,80 @@ def test_engine_built_here_runs_in_the_runner_through_the_same_double(tmp_path, 
     other = FakeTensorRT("10.4.0", cudart=cudart)
     with pytest.raises(BackendError, match=r"built with TensorRT 10\.3\.0 .*this is 10\.4\.0"):
         TrtRunner(info.engine_path, trt_module=other, cudart_module=cudart).load()
+
+
+def _graph(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 9
+    return model
+
+
+def _topk_too_large() -> onnx.ModelProto:  # TensorRT: K < 3840
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    return _graph(
+        [helper.make_node("TopK", ["x", "k"], ["v", "i"], name="score/TopK")],
+        [helper.make_tensor_value_info("x", f, ["N", 5000])],
+        [
+            helper.make_tensor_value_info("v", f, ["N", 4000]),
+            helper.make_tensor_value_info("i", i64, ["N", 4000]),
+        ],
+        [helper.make_tensor("k", i64, [1], [4000])],
+    )
+
+
+def _int32_bias_dq() -> onnx.ModelProto:  # TensorRT's DequantizeLinear takes no int32
+    f = TensorProto.FLOAT
+    return _graph(
+        [
+            helper.make_node("DequantizeLinear", ["b", "s"], ["y"], name="bias/DQ"),
+            helper.make_node("Add", ["x", "y"], ["z"], name="add"),
+        ],
+        [helper.make_tensor_value_info("x", f, ["N", 4])],
+        [helper.make_tensor_value_info("z", f, ["N", 4])],
+        [
+            helper.make_tensor("b", TensorProto.INT32, [4], [1, 2, 3, 4]),
+            helper.make_tensor("s", f, [], [0.1]),
+        ],
+    )
+
+
+def _asymmetric_qdq() -> onnx.ModelProto:  # TensorRT: symmetric INT8 only (zero point 0)
+    f = TensorProto.FLOAT
+    return _graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="act/Q"),
+            helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["z"], name="act/DQ"),
+        ],
+        [helper.make_tensor_value_info("x", f, ["N", 4])],
+        [helper.make_tensor_value_info("z", f, ["N", 4])],
+        [
+            helper.make_tensor("zp", TensorProto.UINT8, [], [128]),
+            helper.make_tensor("s", f, [], [0.1]),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "make, node",
+    [(_topk_too_large, "score/TopK"), (_int32_bias_dq, "bias/DQ"), (_asymmetric_qdq, "act/Q")],
+)
+def test_fake_parser_rejects_exactly_what_the_rules_reject(tmp_path, make, node):
+    check_model = pytest.importorskip("stpm_edge.export.trt_check").check_model
+    model = make()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    violations = check_model(model, trt_version="10.3")
+    assert violations
+
+    fake = FakeTensorRT("10.3.0")
+    network = fake.Builder(fake.Logger()).create_network(0)
+    parser = fake.OnnxParser(network, fake.Logger())
+    assert parser.parse_from_file(str(path)) is False
+    assert parser.num_errors == len(violations)
+    first = parser.get_error(0)
+    assert first.node_name() == node and first.code() == fake.ErrorCode.UNSUPPORTED_NODE
+    assert violations[0].rule in first.desc()
+    assert network.num_inputs == 0  # nothing imported from a rejected graph

@@ -87,6 +87,7 @@ class FakeCudart:
         self.gpu_name, self.cc = gpu_name, cc
         # failure injection
         self.fail_malloc = False
+        self.fail_begin_capture = False  # e.g. capture not supported on this stream
         self.fail_end_capture = False  # EndCapture reports an invalidated capture
         self.fail_instantiate = False
 
@@ -170,6 +171,8 @@ class FakeCudart:
         stream = self.stream(handle)
         if stream is None or stream.capturing:
             return (cudaError_t.cudaErrorInvalidValue,)
+        if self.fail_begin_capture:
+            return (cudaError_t.cudaErrorStreamCaptureUnsupported,)
         stream.capture, stream.invalidated = [], False
         return (cudaError_t.cudaSuccess,)
 

@@ -127,12 +127,16 @@ def test_cuda_graph_capture_and_replay(engine_path, device) -> None:
         np.testing.assert_allclose(out["score"], [1.0, 1.0], atol=1e-6)
 
 
-@pytest.mark.parametrize("failure", ["execute_in_capture", "end_capture", "instantiate"])
+@pytest.mark.parametrize(
+    "failure", ["begin_capture", "execute_in_capture", "end_capture", "instantiate"]
+)
 def test_failed_capture_ends_capture_and_falls_back(engine_path, device, caplog, failure) -> None:
     """Whatever fails during capture, the stream leaves capture mode and the frame is still
     computed by a plain enqueue; graphs stay off afterwards (warned once)."""
     cudart = device.cudart
-    if failure == "execute_in_capture":
+    if failure == "begin_capture":
+        cudart.fail_begin_capture = True
+    elif failure == "execute_in_capture":
         device.faults.execute_fails_in_capture = True
     elif failure == "end_capture":
         cudart.fail_end_capture = True
