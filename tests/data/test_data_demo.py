@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stpm_edge.data import demo
 from stpm_edge.data.demo import (
     DEFECT_TYPES,
     MIN_CONTRAST,
+    PHOTO_SIDE,
     TEST_COLS,
     TRAIN_COLS,
     _render_crop,
@@ -70,8 +72,26 @@ def test_masks_are_exact_and_visible(demo_root):
         assert areas[1] > areas[0], f"{defect}: the odd index is the large variant"
 
 
-def test_train_and_test_regions_disjoint():
-    assert TRAIN_COLS[1] <= TEST_COLS[0]
+def test_test_images_never_repeat_training_pixels(tmp_path, monkeypatch):
+    """On a photo whose training columns are dark, test columns bright and the rest mid-gray,
+    every training image is all dark and every good test image all bright (defect images are
+    re-rendered from the test columns in the test above)."""
+    photo = np.full((PHOTO_SIDE, PHOTO_SIDE), 0.5, np.float32)
+    photo[:, TRAIN_COLS[0] : TRAIN_COLS[1]] = 0.25
+    photo[:, TEST_COLS[0] : TEST_COLS[1]] = 0.75
+    real_photo = demo._photo
+    monkeypatch.setattr(
+        demo, "_photo", lambda name: photo if name == "gravel" else real_photo(name)
+    )
+    args = {**SMALL, "n_train": 12, "n_test_good": 12, "n_test_defect": 4}
+    root = build_demo_dataset(tmp_path / "ds", ["gravel"], **args)
+    red = 0.97 * 255  # gravel's tint of the red channel
+    for folder, low, high in (("train/good", 0.15, 0.35), ("test/good", 0.65, 0.85)):
+        paths = sorted((root / "gravel" / folder).glob("*.png"))
+        assert len(paths) == 12
+        for path in paths:
+            level = read_image(path)[..., 0] / red  # jitter moves it by a few per cent only
+            assert low <= level.min() and level.max() <= high, (path.name, level.min(), level.max())
 
 
 def test_composite_mask_is_exact():
