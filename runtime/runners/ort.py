@@ -16,10 +16,13 @@ PR #15546, timing cache from #14767):
   TensorRT versions and the GPU. ONNX Runtime already puts the GPU's compute capability
   (``..._sm87.engine``) into its cache file names, but not the TensorRT or ORT version, so an
   upgrade would otherwise meet stale engines.
-- ``trt_fp16_enable`` is never set by default: since ORT PR #18707 the TensorRT EP builds a
-  *strongly typed* network (the precision the graph states, our explicit fp16/fp32 mix) unless
-  ``trt_fp16_enable``/``trt_int8_enable`` is set, which switches back to weak typing and lets
-  TensorRT run the float32 normalisation in fp16. ``trt_fp16=True`` opts in, for fp16 graphs only.
+- ``trt_fp16_enable`` is never set by default: with TensorRT >= 9 the TensorRT EP creates the
+  network with ``kSTRONGLY_TYPED`` (the precision the graph states, our explicit fp16/fp32 mix)
+  *unless* ``trt_fp16_enable``/``trt_int8_enable`` is set (``network_flags |= fp16_enable_ ||
+  int8_enable_ ? 0 : 1U << kSTRONGLY_TYPED`` in ``tensorrt_execution_provider.cc``, as shown in
+  ORT PR #24298); the flag switches back to weak typing, where TensorRT may run the float32
+  normalisation in fp16. ``trt_fp16=True`` opts in, for fp16 graphs only. (Older ORT builds a
+  weakly typed network either way; the fp16 graph then runs at TensorRT's choice of precision.)
 """
 
 from __future__ import annotations
