@@ -482,8 +482,13 @@ class _OnnxParser:
                 self.logger.log(Severity.ERROR, f"ModelImporter: {desc}")
             return False
         inits = {t.name for t in model.graph.initializer}
-        self.network.inputs = [_tensor(v) for v in model.graph.input if v.name not in inits]
-        self.network.outputs = [_tensor(v) for v in model.graph.output]
+        try:
+            inputs = [_tensor(v) for v in model.graph.input if v.name not in inits]
+            outputs = [_tensor(v) for v in model.graph.output]
+        except KeyError as exc:  # a graph I/O type TensorRT has no DataType for (e.g. DOUBLE)
+            self.errors.append(ParserError(ErrorCode.UNSUPPORTED_GRAPH, f"I/O type {exc}"))
+            return False
+        self.network.inputs, self.network.outputs = inputs, outputs
         self.network.onnx_bytes = data
         return True
 
