@@ -39,14 +39,17 @@ def _odd_files(folder: Path) -> dict[str, tuple[Path, np.ndarray]]:
     rgb = _rgb()
     bgr = rgb[..., ::-1]
     gray8 = rgb[..., 1].copy()
-    gray16 = (gray8.astype(np.uint16) * 257 + np.uint16(100))  # not a multiple of 257
+    gray16 = gray8.astype(np.uint16) * 257 + np.uint16(100)  # not a multiple of 257
     rgb16 = rgb.astype(np.uint16) * 257 - np.uint16(120)
     rgb16[rgb == 0] = 0
     floats = rgb.astype(np.float32) / 255.0 + np.float32(0.0007)
     files: dict[str, tuple[Path, np.ndarray]] = {}
     files["gray8"] = (_write(folder / "gray8.png", gray8), np.repeat(gray8[..., None], 3, 2))
     expected16 = ((gray16.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257)
-    files["gray16"] = (_write(folder / "gray16.png", gray16), np.repeat(expected16[..., None], 3, 2))
+    files["gray16"] = (
+        _write(folder / "gray16.png", gray16),
+        np.repeat(expected16[..., None], 3, 2),
+    )
     files["rgb16"] = (
         _write(folder / "rgb16.png", np.ascontiguousarray(rgb16[..., ::-1])),
         ((rgb16.astype(np.uint32) + 128) // 257).astype(np.uint8),
@@ -167,8 +170,12 @@ def test_to_model_input_order_and_normalisation() -> None:
     rgb = _rgb(20, 30)
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     for fmt, order in (("uint8_nhwc", "BGR"), ("uint8_nhwc", "RGB"), ("float32_nchw", "BGR")):
-        from_rgb = image.to_model_input([rgb], 16, fmt, order, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), "RGB")
-        from_bgr = image.to_model_input([bgr], 16, fmt, order, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), "BGR")
+        from_rgb = image.to_model_input(
+            [rgb], 16, fmt, order, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), "RGB"
+        )
+        from_bgr = image.to_model_input(
+            [bgr], 16, fmt, order, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), "BGR"
+        )
         np.testing.assert_array_equal(from_rgb, from_bgr)
     x = image.normalize(np.full((2, 2, 3), 255, np.uint8), (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
     assert x.shape == (3, 2, 2) and x[:, 0, 0].tolist() == [1.0, 2.0, 1.0]
@@ -183,7 +190,7 @@ def test_synthetic_frames_are_deterministic_bgr() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert a[0].max() == 0 and a[1].min() == 255  # the numerics extremes come first
     smooth = image.synthetic_frames(2, 24, 32, seed=3)
-    assert 0 < smooth[0].std() and not np.array_equal(smooth[0], smooth[1])
+    assert smooth[0].std() > 0 and not np.array_equal(smooth[0], smooth[1])
 
 
 def test_real_graph_scores_odd_files_like_pytorch(
