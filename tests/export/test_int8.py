@@ -1,4 +1,5 @@
-"""INT8 export: QDQ only on the backbones, a float32 tail, finite and still ranking defects."""
+"""INT8 export: QDQ only on the backbones, a float32 tail, finite and still ranking defects; the
+QDQ properties each target promises (cpu: U8S8 for ONNX Runtime; tensorrt: symmetric INT8)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from stpm_edge.export.cli import main as export_main
 
@@ -31,6 +33,77 @@ def int8_path(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def int8(int8_path: Path) -> onnx.ModelProto:
     return onnx.load(int8_path)
+
+
+@pytest.fixture(scope="module")
+def trt_int8_path(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``stpm-export --int8 --target tensorrt``: the graph for TensorRT's explicit quantisation."""
+    path = tmp_path_factory.mktemp("int8_trt") / "model_int8_trt.onnx"
+    argv = [str(best_ckpt), "-o", str(path), "--int8", "--calib", str(demo_data.train_good)]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = export_main([*argv, "--target", "tensorrt", "-q"])
+    assert rc == 0, err.getvalue()
+    return path
+
+
+def qdq_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def zero_points(model: onnx.ModelProto) -> list[np.ndarray]:
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [inits[n.input[2]] for n in qdq_nodes(model) if len(n.input) > 2]
+
+
+def dequantized_types(model: onnx.ModelProto) -> set[int]:
+    """Element types of the constant tensors DequantizeLinear reads (weights, biases)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    return {
+        inits[n.input[0]].data_type
+        for n in qdq_nodes(model)
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    }
+
+
+def clip_count(model: onnx.ModelProto) -> int:
+    return sum(n.op_type == "Clip" for n in model.graph.node)
+
+
+def test_tensorrt_target_is_symmetric_signed_int8_with_float_biases_and_clips(
+    trt_int8_path: Path, exported_onnx: Path
+) -> None:
+    from stpm_edge.export.trt_check import check_model, format_violations
+
+    model = onnx.load(trt_int8_path)
+    zps = zero_points(model)
+    assert len(zps) == len(qdq_nodes(model)) > 0
+    assert all(z.dtype == np.int8 and not z.any() for z in zps)  # signed, zero point 0
+    assert dequantized_types(model) == {onnx.TensorProto.INT8}  # no int32 bias DQ
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and in_backbone(n)]
+    assert convs and all(len(n.input) < 3 or "DequantizeLinear" not in n.input[2] for n in convs)
+    # ReLU6 kept: every Clip of the float graph is still there, so [0, 6] means the same
+    assert clip_count(model) == clip_count(onnx.load(exported_onnx)) > 0
+    assert not (violations := check_model(model)), format_violations(violations)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["stpm.int8_target"] == "tensorrt" and meta["stpm.precision"] == "int8"
+
+
+def test_cpu_target_is_u8s8_for_onnx_runtime(int8, exported_onnx: Path) -> None:
+    """What the cpu recipe claims: uint8 activations with zero points, int8 weights, int32 biases,
+    Clips folded into the uint8 range — fast on ONNX Runtime, and NOT a TensorRT graph."""
+    from stpm_edge.export.trt_check import check_model
+
+    zps = zero_points(int8)
+    activations = [z for z in zps if z.dtype == np.uint8]
+    assert activations and any(z.any() for z in activations)
+    assert {z.dtype for z in zps} == {np.dtype(t) for t in (np.uint8, np.int8, np.int32)}
+    assert dequantized_types(int8) == {onnx.TensorProto.INT8, onnx.TensorProto.INT32}
+    assert clip_count(int8) < clip_count(onnx.load(exported_onnx))
+    rules = {v.rule for v in check_model(int8)}
+    assert {"qdq-uint8", "dq-input-type", "qdq-zero-point"} <= rules
+    meta = {p.key: p.value for p in int8.metadata_props}
+    assert meta["stpm.int8_target"] == "cpu" and meta["stpm.target"] == "cpu"
 
 
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -92,7 +165,10 @@ def test_no_tail_value_is_quantised(int8) -> None:
             )
 
 
-def test_int8_outputs_and_auroc(int8_path: Path, exported_onnx: Path, demo_data, read_rgb) -> None:
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_int8_outputs_and_auroc(
+    request, target: str, exported_onnx: Path, demo_data, read_rgb
+) -> None:
     import onnxruntime as ort
     from sklearn.metrics import roc_auc_score
 
@@ -102,6 +178,7 @@ def test_int8_outputs_and_auroc(int8_path: Path, exported_onnx: Path, demo_data,
     frames = np.ascontiguousarray(read_rgb(paths)[..., ::-1])
     labels = np.array([0 if p.parent.name == "good" else 1 for p in paths])
     outs = {}
+    int8_path = request.getfixturevalue("int8_path" if target == "cpu" else "trt_int8_path")
     for name, path in (("int8", int8_path), ("fp32", exported_onnx)):
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         outs[name] = dict(
@@ -116,7 +193,10 @@ def test_int8_outputs_and_auroc(int8_path: Path, exported_onnx: Path, demo_data,
     assert got["anomaly_map"].shape == (len(paths), 1, 64, 64)
     assert ((got["score_normalized"] >= 0) & (got["score_normalized"] <= 1)).all()
     auroc = {k: float(roc_auc_score(labels, v["score"])) for k, v in outs.items()}
-    print(f"image AUROC on the tiny test set: int8 {auroc['int8']:.3f}, fp32 {auroc['fp32']:.3f}")
+    print(
+        f"image AUROC on the tiny test set: int8 ({target}) {auroc['int8']:.3f}, "
+        f"fp32 {auroc['fp32']:.3f}"
+    )
     assert auroc["int8"] >= 0.5
     # quantisation moves scores but keeps them correlated with the fp32 graph's
     assert np.corrcoef(got["score"], outs["fp32"]["score"])[0, 1] > 0.5
