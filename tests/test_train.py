@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -79,6 +80,28 @@ def test_different_seed_gives_different_student(
     a = load_checkpoint(uninterrupted / "last.ckpt")["student"]
     b = load_checkpoint(tmp_path / "other" / "last.ckpt")["student"]
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_recorded_val_loss_is_the_paper_loss_on_the_validation_images(uninterrupted: Path) -> None:
+    """best.ckpt's val_loss, recomputed by hand: its model's features of its validation images
+    (read with the runtime's image module), then per scale 0.5 x squared distance of the
+    L2-normalised vectors, mean over positions, sum over scales, mean over images."""
+    from stpm_edge.checkpoint import model_from_payload
+    from stpm_edge.runtime.image import normalize, read_image, resize_image
+
+    payload = load_checkpoint(uninterrupted / "best.ckpt")
+    model, cfg = model_from_payload(payload), payload["config"]
+    images = [resize_image(read_image(p), cfg["image_size"]) for p in payload["val_paths"]]
+    x = torch.from_numpy(np.stack([normalize(rgb, cfg["mean"], cfg["std"]) for rgb in images]))
+    with torch.no_grad():
+        teacher, student = model.features(x)
+    per_image = np.zeros(len(images))
+    for t, s in zip(teacher, student, strict=True):
+        t_hat = t.double().numpy() / np.linalg.norm(t.double().numpy(), axis=1, keepdims=True)
+        s_hat = s.double().numpy() / np.linalg.norm(s.double().numpy(), axis=1, keepdims=True)
+        per_image += (0.5 * ((t_hat - s_hat) ** 2).sum(axis=1)).mean(axis=(1, 2))
+    assert len(images) >= 2
+    assert payload["val_loss"] == pytest.approx(per_image.mean(), rel=1e-5)
 
 
 def test_random_teacher_is_recorded(uninterrupted: Path) -> None:
