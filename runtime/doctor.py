@@ -290,8 +290,31 @@ def default_trt_version(env: dict[str, Any]) -> str:
     return ".".join(str(p) for p in parts) if len(parts) == 2 else "10.3"
 
 
-def tensorrt_check(model: Path, trt_version: str) -> Check:
-    """The project's TensorRT parser rules on MODEL (onnx only, no TensorRT needed)."""
+def summarize_violations(
+    violations: list[Any], formatter: Callable[[list[Any]], str], first: int = 5
+) -> str:
+    """Count per rule, then the first few in full (a bad INT8 graph has hundreds; the full list
+    is in doctor.json)."""
+    counts: dict[str, int] = {}
+    for v in violations:
+        counts[v.rule] = counts.get(v.rule, 0) + 1
+    rules = ", ".join(f"{rule} x{n}" for rule, n in counts.items())
+    text = f"{len(violations)} violation(s): {rules}\n{formatter(violations[:first])}"
+    return text + ("\n  ... (all of them in doctor.json)" if len(violations) > first else "")
+
+
+def int8_target(meta: dict[str, str] | None) -> str | None:
+    """``stpm.int8_target`` of an INT8 graph (``cpu``/``tensorrt``/``openvino``), else None."""
+    meta = meta or {}
+    return meta.get("stpm.int8_target") if meta.get("stpm.precision") == "int8" else None
+
+
+def tensorrt_check(model: Path, trt_version: str, meta: dict[str, str] | None = None) -> Check:
+    """The project's TensorRT parser rules on MODEL (onnx only, no TensorRT needed).
+
+    A violation fails the run, except in an INT8 graph exported for another runtime
+    (``--target cpu``/``openvino``): that graph is not meant for TensorRT, so it is a warning.
+    """
     name = f"TensorRT {trt_version} compatibility"
     try:
         import onnx  # noqa: F401  (the check reads the graph with onnx)
@@ -305,10 +328,17 @@ def tensorrt_check(model: Path, trt_version: str) -> Check:
         violations = check_model(model, trt_version=trt_version)
     except Exception as exc:  # a graph the checker cannot read is a failure to report
         return Check(name, FAIL, f"{type(exc).__name__}: {exc}")
-    if violations:
-        rows = [asdict(v) for v in violations]
-        return Check(name, FAIL, format_violations(violations), {"violations": rows})
-    return Check(name, PASS, "no documented TensorRT ONNX-parser limit violated")
+    if not violations:
+        return Check(name, PASS, "no documented TensorRT ONNX-parser limit violated")
+    rows = {"violations": [asdict(v) for v in violations]}
+    detail = summarize_violations(violations, format_violations)
+    target = int8_target(meta)
+    if target not in (None, "tensorrt"):
+        why = (
+            f"INT8 graph exported for target {target}, not TensorRT (stpm-export --target tensorrt)"
+        )
+        return Check(name, WARN, f"{why}; {detail}", rows)
+    return Check(name, FAIL, detail, rows)
 
 
 # -- parity and latency --------------------------------------------------------------------------
@@ -323,6 +353,24 @@ class Outputs:
     @property
     def ng(self) -> np.ndarray:
         return self.normalized >= 0.5
+
+    def tail(self, start: int) -> Outputs:
+        """The answers for frames ``start:`` (the image-folder part)."""
+        return Outputs(self.maps[start:], self.scores[start:], self.normalized[start:])
+
+
+@dataclass
+class Reference:
+    """The reference run every backend is compared with.
+
+    ``frames`` are the synthetic frames first (``synthetic`` of them), then the ``--images``.
+    """
+
+    path: Path
+    precision: str
+    frames: list[np.ndarray]
+    synthetic: int
+    outputs: Outputs
 
 
 def _predict(detector: Any, frames: list[np.ndarray], chunk: int = 8) -> Outputs:
@@ -358,6 +406,32 @@ def compare_outputs(ref: Outputs, got: Outputs, tol: Tolerance) -> tuple[bool, d
     return ok, data
 
 
+def judge_parity(ref: Reference, got: Outputs, precision: str) -> tuple[str, dict[str, Any], str]:
+    """``(status, figures, note)`` of ``got`` against the reference.
+
+    Same precision (a backend against ORT CPU): every frame is judged. A reference of another
+    precision (``--reference fp32.onnx`` for an int8/fp16 model): only the ``--images`` frames are
+    judged, because INT8 calibration ranges clip out-of-distribution frames (a white or noise
+    frame) by design; the synthetic frames must still give finite outputs.
+    """
+    tol = TOLERANCES.get(precision, TOLERANCES["fp32"])
+    ok_all, all_frames = compare_outputs(ref.outputs, got, tol)
+    if precision == ref.precision or "error" in all_frames:
+        return (PASS if ok_all else FAIL), all_frames, ""
+    note_ = f"{precision} against a {ref.precision} reference: judged on the --images frames"
+    finite = bool(np.isfinite(got.maps).all() and np.isfinite(got.scores).all())
+    if len(ref.frames) == ref.synthetic:
+        why = (
+            f"{precision} against a {ref.precision} reference: not judged without --images (the "
+            "synthetic frames are out of distribution); "
+            + ("outputs finite" if finite else "NaN/Inf in the outputs")
+        )
+        return (PASS if finite else FAIL), {**all_frames, "judged": False}, why
+    ok, data = compare_outputs(ref.outputs.tail(ref.synthetic), got.tail(ref.synthetic), tol)
+    data.update(all_frames=all_frames, finite=finite and data["finite"], judged=True)
+    return (PASS if ok and finite else FAIL), data, note_
+
+
 def measure_latency(detector: Any, frame: np.ndarray, seconds: float) -> dict[str, Any]:
     """Batch-1 ``runner.infer`` latency (host to host) for ``seconds`` (at least 10 runs)."""
     from stpm_edge.benchmarks.runner import LoopPolicy, time_loop
@@ -377,31 +451,36 @@ def _detector(path: Path, backend: str) -> Any:
     return AnomalyDetector(path, backend=backend)
 
 
-def check_backend(
-    backend: str, path: Path, ref: Outputs, frames: list[np.ndarray], seconds: float
-) -> Check:
+def _parity_text(data: dict[str, Any], latency: dict[str, Any]) -> str:
+    tol = data["tolerance"]
+    return (
+        f"map error {data['map_error_of_peak']:.2e} of peak (<= {tol['map_rel']:g}), score "
+        f"error {data['score_error_rel']:.2e} (<= {tol['score_rel']:g}), verdicts "
+        f"{data['verdicts_agree']}/{data['frames']}, finite {data['finite']}; p50 "
+        f"{latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms"
+    )
+
+
+def check_backend(backend: str, path: Path, ref: Reference, seconds: float) -> Check:
     """Run ``path`` on ``backend``: parity against ``ref``, then the batch-1 latency."""
     name = f"backend {backend}"
     try:
         with _detector(path, backend) as det:
-            got = _predict(det, frames)
-            tol = TOLERANCES.get(det.info.precision, TOLERANCES["fp32"])
-            latency = measure_latency(det, frames[0], seconds)
+            got = _predict(det, ref.frames)
+            precision = det.info.precision
+            latency = measure_latency(det, ref.frames[0], seconds)
             runner = det.name
     except Exception as exc:  # any backend failure is a finding of the report, not a crash
         logger.debug("%s failed", name, exc_info=True)
         return Check(name, FAIL, f"{type(exc).__name__}: {exc}", {"model": str(path)})
-    ok, data = compare_outputs(ref, got, tol)
-    data.update(model=str(path), runner=runner, latency=latency)
+    status, data, why = judge_parity(ref, got, precision)
+    data.update(model=str(path), runner=runner, precision=precision, latency=latency)
     if "error" in data:
         return Check(name, FAIL, data["error"], data)
-    detail = (
-        f"map error {data['map_error_of_peak']:.2e} of peak (<= {tol.map_rel:g}), score error "
-        f"{data['score_error_rel']:.2e} (<= {tol.score_rel:g}), verdicts "
-        f"{data['verdicts_agree']}/{data['frames']}, p50 {latency['p50_ms']:.2f} ms, "
-        f"p99 {latency['p99_ms']:.2f} ms"
-    )
-    return Check(name, PASS if ok else FAIL, detail, data)
+    if data.get("judged") is False:
+        return Check(name, status, f"{why}; p50 {latency['p50_ms']:.2f} ms", data)
+    detail = _parity_text(data, latency)
+    return Check(name, status, f"{why}: {detail}" if why else detail, data)
 
 
 def synthetic(count: int, height: int, width: int) -> list[np.ndarray]:
@@ -435,37 +514,39 @@ def backend_plan(
     return plan
 
 
+def reference_run(args: argparse.Namespace, reference: Path) -> Reference:
+    """Frames (synthetic, then ``--images``) and the reference outputs on ORT CPU."""
+    with _detector(reference, REFERENCE_BACKEND) as det:
+        height, width = det.info.input_size
+        frames = synthetic(args.frames, height, width)
+        if args.images:
+            frames += folder_frames(Path(args.images), args.max_images)
+        return Reference(reference, det.info.precision, frames, args.frames, _predict(det, frames))
+
+
 def model_checks(args: argparse.Namespace, env: dict[str, Any]) -> list[Check]:
     """TensorRT check, reference run, then one check per backend."""
     from .runners import available_backends
 
     model = Path(args.model)
-    checks = [tensorrt_check(model, args.trt_version or default_trt_version(env))]
-    reference = Path(args.reference) if args.reference else model
+    trt_version = args.trt_version or default_trt_version(env)
+    checks = [tensorrt_check(model, trt_version, model_metadata(model))]
+    name = f"reference ({REFERENCE_BACKEND})"
     try:
-        with _detector(reference, REFERENCE_BACKEND) as ref_det:
-            height, width = ref_det.info.input_size
-            frames = synthetic(args.frames, height, width)
-            if args.images:
-                frames += folder_frames(Path(args.images), args.max_images)
-            ref = _predict(ref_det, frames)
+        ref = reference_run(args, Path(args.reference) if args.reference else model)
     except Exception as exc:  # without a reference nothing can be compared: report and stop
-        detail = f"{type(exc).__name__}: {exc}"
-        return [*checks, Check(f"reference ({REFERENCE_BACKEND})", FAIL, detail)]
-    checks.append(
-        Check(
-            f"reference ({REFERENCE_BACKEND})",
-            PASS,
-            f"{reference.name}: {len(frames)} frames ({args.frames} synthetic)",
-            {"model": str(reference), "frames": len(frames)},
-        )
+        return [*checks, Check(name, FAIL, f"{type(exc).__name__}: {exc}")]
+    detail = (
+        f"{ref.path.name} ({ref.precision}): {len(ref.frames)} frames ({ref.synthetic} synthetic)"
     )
+    data = {"model": str(ref.path), "precision": ref.precision, "frames": len(ref.frames)}
+    checks.append(Check(name, PASS, detail, data))
     engine = Path(args.engine) if args.engine else None
     for backend, path, why in backend_plan(args.backends, available_backends(), model, engine):
         if path is None:
             checks.append(Check(f"backend {backend}", SKIP, why))
         else:
-            checks.append(check_backend(backend, path, ref, frames, args.seconds))
+            checks.append(check_backend(backend, path, ref, args.seconds))
     return checks
 
 

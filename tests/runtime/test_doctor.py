@@ -70,34 +70,62 @@ def test_exported_model_passes_on_ort_cpu(exported_onnx: Path, tmp_path: Path, c
     assert "# stpm-doctor: PASS" in capsys.readouterr().out  # printed as well as written
 
 
-def test_parity_beyond_tolerance_fails_per_precision(fake_onnx: Path, tmp_path: Path) -> None:
-    # 2 % off the reference map: beyond fp32's 5e-3, within int8's 0.25 (scores move alike)
-    off32 = scaled_map_model(fake_onnx, tmp_path / "off32.onnx", 1.02, "fp32")
-    rc, report, _ = run_doctor(tmp_path / "a", str(off32), "--reference", str(fake_onnx))
-    cpu = checks_by_name(report)["backend ort-cpu"]
-    assert rc == 1 and report["ok"] is False
-    assert cpu["status"] == "fail"
-    assert cpu["data"]["map_error_of_peak"] == pytest.approx(0.02, rel=1e-3)
-    assert cpu["data"]["tolerance"]["map_rel"] == doctor.TOLERANCES["fp32"].map_rel
-
-    off8 = scaled_map_model(fake_onnx, tmp_path / "off8.onnx", 1.02, "int8")
-    rc, report, _ = run_doctor(tmp_path / "b", str(off8), "--reference", str(fake_onnx))
-    assert rc == 0, report["checks"]
-    assert checks_by_name(report)["backend ort-cpu"]["data"]["tolerance"]["map_rel"] == 0.25
-
-
-def test_image_folder_adds_frames(fake_onnx: Path, tmp_path: Path) -> None:
+def parts_folder(tmp_path: Path) -> Path:
+    """Two in-distribution 'part' images for the fake model: one dark (OK), one bright (NG)."""
     import cv2
 
     folder = tmp_path / "parts"
-    folder.mkdir()
-    for i, value in enumerate((10, 250)):  # one OK and one NG part for the fake model
+    folder.mkdir(exist_ok=True)
+    for i, value in enumerate((10, 250)):
         cv2.imwrite(str(folder / f"{i}.png"), np.full((30, 40, 3), value, np.uint8))
-    rc, report, _ = run_doctor(tmp_path, str(fake_onnx), "--images", str(folder))
+    return folder
+
+
+def test_parity_beyond_tolerance_fails(fake_onnx: Path, tmp_path: Path) -> None:
+    # the same precision as the reference: every frame is judged with fp32's tolerance
+    off = scaled_map_model(fake_onnx, tmp_path / "off32.onnx", 1.02, "fp32")
+    rc, report, _ = run_doctor(tmp_path / "a", str(off), "--reference", str(fake_onnx))
+    cpu = checks_by_name(report)["backend ort-cpu"]
+    assert rc == 1 and report["ok"] is False
+    assert cpu["status"] == "fail"
+    assert cpu["data"]["map_error_of_peak"] == pytest.approx(0.02, rel=1e-3)  # > 5e-3
+    assert cpu["data"]["tolerance"]["map_rel"] == doctor.TOLERANCES["fp32"].map_rel
+
+
+def test_cross_precision_is_judged_on_images_with_its_tolerance(
+    fake_onnx: Path, tmp_path: Path
+) -> None:
+    parts = str(parts_folder(tmp_path))
+    ref = ["--reference", str(fake_onnx), "--images", parts]
+    near = scaled_map_model(fake_onnx, tmp_path / "near8.onnx", 1.02, "int8")  # 2 % < 0.25
+    rc, report, _ = run_doctor(tmp_path / "a", str(near), *ref)
+    cpu = checks_by_name(report)["backend ort-cpu"]
+    assert rc == 0, cpu
+    assert cpu["data"]["judged"] is True and cpu["data"]["frames"] == 2  # the images only
+    assert cpu["data"]["all_frames"]["frames"] == 6
+    assert cpu["data"]["tolerance"]["map_rel"] == doctor.TOLERANCES["int8"].map_rel
+
+    far = scaled_map_model(fake_onnx, tmp_path / "far8.onnx", 1.5, "int8")  # 50 % > 0.25
+    rc, report, _ = run_doctor(tmp_path / "b", str(far), *ref)
+    assert rc == 1
+    assert checks_by_name(report)["backend ort-cpu"]["status"] == "fail"
+
+    # without images a cross-precision pair is not judged (synthetic frames are out of
+    # distribution for INT8), only checked for finite outputs
+    rc, report, _ = run_doctor(tmp_path / "c", str(far), "--reference", str(fake_onnx))
+    cpu = checks_by_name(report)["backend ort-cpu"]
+    assert rc == 0 and cpu["data"]["judged"] is False
+    assert "not judged without --images" in cpu["detail"]
+
+
+def test_image_folder_adds_frames(fake_onnx: Path, tmp_path: Path) -> None:
+    parts = parts_folder(tmp_path)
+    rc, report, _ = run_doctor(tmp_path, str(fake_onnx), "--images", str(parts))
     checks = checks_by_name(report)
     assert rc == 0
     assert checks["reference (ort-cpu)"]["data"]["frames"] == 6  # 4 synthetic + 2 images
     assert checks["backend ort-cpu"]["data"]["frames"] == 6
+    assert checks["backend ort-cpu"]["data"]["verdicts_agree"] == 6
 
 
 def test_verdict_flip_outside_band_fails() -> None:
@@ -131,7 +159,7 @@ def test_tensorrt_without_engine_is_skipped(fake_onnx: Path, tmp_path: Path) -> 
     assert doctor.backend_plan(None, ["ort-cpu"], fake_onnx, engine)[-1] == ("tensorrt", engine, "")
 
 
-def uint8_transpose_first(path: Path, size: int = 64) -> Path:
+def uint8_transpose_first(path: Path, size: int = 64, **props: str) -> Path:
     """The fake graph with today's bug: Transpose on the uint8 input before its Cast."""
     inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])
     nodes = [
@@ -151,7 +179,7 @@ def uint8_transpose_first(path: Path, size: int = 64) -> Path:
     graph = helper.make_graph(nodes, "bad", [inp], outs, initializer=init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    helper.set_model_props(model, fake_metadata(size))
+    helper.set_model_props(model, {**fake_metadata(size), **props})
     onnx.save(model, str(path))
     return path
 
@@ -164,8 +192,40 @@ def test_tensorrt_violation_fails_the_run(tmp_path: Path) -> None:
     assert rc == 1
     assert trt["status"] == "fail"
     assert any(v["op_type"] == "Transpose" for v in trt["data"]["violations"])
+    assert trt["detail"].startswith(f"{len(trt['data']['violations'])} violation(s): ")
     assert checks_by_name(report)["backend ort-cpu"]["status"] == "pass"  # it runs on ORT CPU
     assert "TensorRT 10.3 compatibility | FAIL" in md
+
+
+def test_tensorrt_violation_warns_for_an_int8_graph_of_another_target(tmp_path: Path) -> None:
+    pytest.importorskip("stpm_edge.export.trt_check")
+    props = {"stpm.precision": "int8", "stpm.int8_target": "cpu"}
+    bad = uint8_transpose_first(tmp_path / "cpu_int8.onnx", **props)
+    rc, report, _ = run_doctor(tmp_path, str(bad))
+    trt = next(c for c in report["checks"] if c["name"].startswith("TensorRT"))
+    assert (rc, trt["status"]) == (0, "warn")
+    assert "exported for target cpu" in trt["detail"] and trt["data"]["violations"]
+    bad = uint8_transpose_first(
+        tmp_path / "trt_int8.onnx", **{**props, "stpm.int8_target": "tensorrt"}
+    )
+    rc, report, _ = run_doctor(tmp_path / "b", str(bad))
+    assert rc == 1  # meant for TensorRT: a violation fails
+
+
+def test_violation_summary_is_short() -> None:
+    from types import SimpleNamespace as V
+
+    many = [V(rule="qdq-zero-point", node=f"n{i}") for i in range(300)] + [
+        V(rule="topk-k", node="t")
+    ]
+    text = doctor.summarize_violations(many, lambda vs: "\n".join(v.node for v in vs), first=3)
+    assert text.splitlines() == [
+        "301 violation(s): qdq-zero-point x300, topk-k x1",
+        "n0",
+        "n1",
+        "n2",
+        "  ... (all of them in doctor.json)",
+    ]
 
 
 def test_tensorrt_check_skipped_without_onnx(fake_onnx: Path, monkeypatch) -> None:
