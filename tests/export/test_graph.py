@@ -325,3 +325,43 @@ def test_invalid_options_are_config_errors() -> None:
         G.GraphOptions(opset=13)
     with pytest.raises(ConfigError, match="layout"):
         replace(G.GraphOptions(), layout="diagonal")
+
+
+def test_uint8_input_is_cast_before_anything_else(cli_graph, stacked, fp16) -> None:
+    """TensorRT takes a uint8 network input only into a Cast: no Transpose/Slice may touch it."""
+    for graph in (cli_graph, stacked, fp16):
+        image = graph.graph.input[0].name
+        readers = [n for n in graph.graph.node if image in n.input]
+        assert [n.op_type for n in readers] == ["Cast"]
+        assert graph.graph.node[0].op_type == "Cast" and list(graph.graph.node[0].input) == [image]
+    assert G.read_metadata(cli_graph)["stpm.target"] == "cpu"
+
+
+@pytest.mark.parametrize("side", [16, 64, 256, 600])
+def test_topk_score_below_the_limit_is_the_old_formula(side: int) -> None:
+    """Where one TopK is valid (K <= 3839) the score is exactly the plain top-k mean."""
+    import torch
+
+    from stpm_edge import anomaly_map as am
+
+    x = torch.rand(3, 1, side, side, generator=torch.Generator().manual_seed(side))
+    k = max(1, round(side * side * 0.01))
+    old = x.flatten(1).topk(k, dim=1).values.mean(dim=1)
+    assert torch.equal(am.image_score(x, "topk", 0.01), old)
+
+
+@pytest.mark.parametrize(("side", "fraction"), [(620, 0.01), (1024, 0.01), (256, 0.2)])
+def test_topk_score_above_the_limit_is_exact(side: int, fraction: float) -> None:
+    """K >= 3840 is summed over bounded TopK rounds: the mean of exactly the k largest values,
+    ties included (a block of equal peaks straddles the round boundary)."""
+    import torch
+
+    from stpm_edge import anomaly_map as am
+
+    x = torch.rand(2, 1, side, side, generator=torch.Generator().manual_seed(side))
+    x[0, 0, :70, :70] = 2.0  # 4900 equal values: more than one round of 3839
+    k = max(1, round(side * side * fraction))
+    assert k > am.TOPK_MAX_K
+    expected = torch.sort(x.flatten(1).double(), dim=1, descending=True).values[:, :k].mean(1)
+    got = am.image_score(x, "topk", fraction)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0)
