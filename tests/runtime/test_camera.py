@@ -1,4 +1,4 @@
-"""stpm-camera: the inspection loop and its CLI (runtime/camera.py)."""
+"""stpm-camera: the inspection loop and its CLI (the runtime/camera/ package)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from stpm_edge.runtime.camera import (
     InspectionLoop,
     LoopOptions,
     SourceError,
+    SourceFrame,
     main,
     open_source,
 )
@@ -136,7 +137,9 @@ class FlakySource:
         self.reads += 1
         i = self.state["next"]
         self.state["next"] += 1
-        return (bright_frame() if i % 2 else dark_frame()), f"f{i}"
+        return SourceFrame(
+            bright_frame() if i % 2 else dark_frame(), f"f{i}", {"device_frame_id": 100 + i}
+        )
 
     def close(self) -> None:
         pass
@@ -149,6 +152,7 @@ def test_source_fails_mid_stream_is_reconnected(detector, tmp_path) -> None:
     stats = InspectionLoop(detector, lambda: FlakySource(state), opts).run()
     frames, events = _lines(log)
     assert [f["file"] for f in frames] == [f"f{i}" for i in range(8)]
+    assert [f["device_frame_id"] for f in frames] == [100 + i for i in range(8)]  # source meta
     names = [e["event"] for e in events]
     assert "read_failed" in names and names.count("reconnect") == 1
     assert stats.reconnects == 1 and stats.frames == 8 and stats.stopped_by == "end"
@@ -272,3 +276,57 @@ def test_sigterm_stops_cleanly(fake_onnx, folder, tmp_path) -> None:
     assert len(frames) >= 4
     assert events[-1]["event"] == "stop" and events[-1]["stopped_by"] == "SIGTERM"
     assert "final_stats" in err and "stats:" in err
+
+
+def test_unwritable_log_or_ng_folder_is_a_clear_error(fake_onnx, folder, tmp_path, capsys) -> None:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the log folder should go")
+    for flag in ("--log", "--save-ng"):
+        target = blocker / "sub" / ("run.jsonl" if flag == "--log" else "ng")
+        code = main(["--model", str(fake_onnx), "--source", str(folder), flag, str(target)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.startswith("error: ") and flag in err and "Note:" in err
+        assert not blocker.is_dir()
+
+
+def _header_only_video(path: Path) -> Path:
+    """A valid AVI container with zero frames (OpenCV opens it, the first read fails)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    assert writer.isOpened()
+    writer.release()
+    return path
+
+
+def test_source_without_frames_is_a_clear_error(fake_onnx, tmp_path, capsys) -> None:
+    corrupt_only = tmp_path / "corrupt"
+    corrupt_only.mkdir()
+    (corrupt_only / "a.png").write_bytes(b"not a png")
+    zero_bytes = tmp_path / "zero.avi"
+    zero_bytes.write_bytes(b"")
+    cases = {
+        _header_only_video(tmp_path / "empty.avi"): "no readable frame",
+        corrupt_only: "no readable frame (1 corrupt)",
+        zero_bytes: "cannot open source",
+        tmp_path: "no images in",  # a folder without images
+    }
+    for source, message in cases.items():
+        log = tmp_path / f"{Path(source).name}.jsonl"
+        code = main(["--model", str(fake_onnx), "--source", str(source), "--log", str(log)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (source, err)
+        assert "Note:" in err
+
+
+def test_empty_video_in_process_stops_as_empty(detector, tmp_path) -> None:
+    log = tmp_path / "empty.jsonl"
+    stats = _run(
+        detector,
+        _header_only_video(tmp_path / "empty.avi"),
+        log=str(log),
+        on_end="loop",
+        duration=3,
+    )
+    _, events = _lines(log)
+    assert stats.stopped_by == "empty" and stats.frames == 0
+    assert [e["event"] for e in events] == ["start", "empty", "stop"]  # no endless rewinds

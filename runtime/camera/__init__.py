@@ -1,0 +1,58 @@
+"""``stpm-camera``: unattended inspection of a camera, stream, video or image folder.
+
+One job per module:
+
+- :mod:`.sources`  what frames come from (:class:`FrameSource`; OpenCV capture, image folders,
+  registered URL schemes for SDK cameras)
+- :mod:`.queue`    the bounded frame queue (live: drop oldest; files: block)
+- :mod:`.loop`     :class:`InspectionLoop`: capture thread, micro-batched inference, reconnects,
+  stats
+- :mod:`.sinks`    JSONL log, saved NG frames, display window
+- :mod:`.triggers` NG actions: a command, an HTTP POST
+- :mod:`.config`   parsed flags -> :class:`LoopOptions`
+- :mod:`.cli`      the ``stpm-camera`` command (shared argument groups and error handling)
+
+In-process use::
+
+    loop = InspectionLoop(detector, lambda: open_source("parts/"), LoopOptions(log="run.jsonl"))
+    stats = loop.run()
+"""
+
+from .cli import build_parser, main
+from .loop import InspectionLoop, LoopOptions, LoopStats
+from .queue import Frame, FrameQueue
+from .sinks import Display, JsonlLog, NgSaver
+from .sources import (
+    FolderFrameSource,
+    FrameSource,
+    SkipFrame,
+    SourceError,
+    SourceFrame,
+    VideoCaptureSource,
+    open_source,
+    register_source,
+)
+from .triggers import CommandTrigger, UrlTrigger
+
+__all__ = [
+    "CommandTrigger",
+    "Display",
+    "FolderFrameSource",
+    "Frame",
+    "FrameQueue",
+    "FrameSource",
+    "InspectionLoop",
+    "JsonlLog",
+    "LoopOptions",
+    "LoopStats",
+    "NgSaver",
+    "SkipFrame",
+    "SourceError",
+    "SourceFrame",
+    "UrlTrigger",
+    "VideoCaptureSource",
+    "build_parser",
+    "main",
+    "open_source",
+    "register_source",
+]

@@ -1,0 +1,165 @@
+"""``stpm-camera``: the command line of the inspection loop.
+
+Parsing, ``--config`` merging, logging and error handling are the ones every stpm command
+shares (:mod:`stpm_edge.cli.args`, :func:`stpm_edge.cli.common.run_cli`): a user mistake prints
+``error: ...`` with a ``Note:`` line and exits 2. A source with no readable frame, or one that
+stays unreachable after ``--max-reconnects``, also exits 2 (after the final stats line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from stpm_edge.cli.args import (
+    add_backend_args,
+    add_batch_args,
+    add_config_args,
+    add_logging_args,
+    add_model_args,
+)
+from stpm_edge.cli.common import HelpFormatter, run_cli
+from stpm_edge.errors import note
+
+from .config import check_required, loop_options
+from .loop import InspectionLoop, LoopStats
+from .sinks import prepare_outputs
+from .sources import SourceError, open_source
+
+DESCRIPTION = """Inspect frames from a camera, stream, video or image folder with an exported STPM
+model; log one JSON line per frame (plus "event" lines) and act on NG frames.
+
+examples:
+  stpm-camera --model brick.onnx --source 0 --log run.jsonl --save-ng ng/
+  stpm-camera --model brick.onnx --source parts/ --log parts.jsonl
+  stpm-camera --config station.yaml --max-frames 100
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stpm-camera", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    add_config_args(p)
+    add_model_args(p)
+    s = p.add_argument_group("source")
+    s.add_argument(
+        "--source",
+        help="camera index (0), rtsp/http URL, video file, image folder or glob, or a GStreamer "
+        "pipeline ending in appsink (contains '!'); required",
+    )
+    s.add_argument("--roi", help="fixed crop x,y,w,h in frame pixels, applied before resizing")
+    s.add_argument(
+        "--realtime",
+        action="store_true",
+        help="treat a file/folder like a live source: pace a video at its FPS, drop frames when "
+        "inference is slower (default: process every frame in order)",
+    )
+    s.add_argument(
+        "--on-end", default="stop", choices=("stop", "loop"), help="at the end of a file/folder"
+    )
+    s.add_argument(
+        "--reconnect-delay",
+        type=float,
+        default=0.5,
+        help="first reconnect wait (s); doubles each try, max 30 s",
+    )
+    s.add_argument(
+        "--max-reconnects",
+        type=int,
+        default=10,
+        help="consecutive failed reconnects before giving up",
+    )
+    add_backend_args(p)
+    add_batch_args(p)
+    r = p.add_argument_group("run")
+    r.add_argument("--max-frames", type=int, help="stop after this many processed frames")
+    r.add_argument("--duration", type=float, help="stop after this many seconds")
+    r.add_argument(
+        "--stats-every",
+        type=float,
+        default=5.0,
+        help="seconds between stats lines on stderr (0 = off)",
+    )
+    o = p.add_argument_group("results")
+    o.add_argument("--log", help="JSONL log (appended): one line per frame plus 'event' lines")
+    o.add_argument("--save-ng", help="folder for NG frames (PNG) and their overlays (JPEG)")
+    o.add_argument(
+        "--display", action="store_true", help="show frames and NG overlays in a window (q quits)"
+    )
+    o.add_argument(
+        "--trigger-cmd", help="command run on every NG frame (no shell; record in $STPM_EVENT)"
+    )
+    o.add_argument("--trigger-url", help="URL that receives an HTTP POST of each NG record (JSON)")
+    add_logging_args(p)
+    return p
+
+
+def _preflight(spec: str) -> None:
+    """Build the source now (a typo is a user error, not a reconnect loop); a file or folder is
+    also opened once, because failing to open it will not get better by retrying."""
+    probe = open_source(spec)
+    if not probe.live:
+        probe.open()
+        probe.close()
+
+
+def _run_with_signals(loop: InspectionLoop) -> LoopStats:
+    """Run the loop; SIGINT/SIGTERM finish the current batch, flush the log and stop."""
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: loop.stop(signal.Signals(signum).name))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        return loop.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_outcome(stats: LoopStats, source: str) -> None:
+    if stats.stopped_by == "empty":
+        raise SourceError(
+            note(
+                f"--source {source}: no readable frame ({stats.corrupt} corrupt)",
+                "the video has zero frames or no image could be decoded; check the file",
+            )
+        )
+    if stats.stopped_by == "gave_up":
+        raise SourceError(
+            note(
+                f"--source {source}: gave up after {stats.reconnects} reconnects",
+                "check the camera/stream; raise --max-reconnects for flaky networks",
+            )
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    # a service's log wants wall-clock times; the shared set-up chose the level
+    level = logging.getLogger().level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)  # fmt: skip
+    check_required(args)
+    source = str(args.source)
+    _preflight(source)
+    options = loop_options(args)
+    prepare_outputs(options.log, options.save_ng)
+    from stpm_edge.runtime.detector import AnomalyDetector  # after parsing: --help stays instant
+
+    with AnomalyDetector(
+        args.model, backend=args.backend, threads=args.threads, roi=args.roi
+    ) as det:
+        loop = InspectionLoop(det, lambda: open_source(source), options)
+        stats = _run_with_signals(loop)
+    print(json.dumps({"final_stats": stats.summary()}), file=sys.stderr)
+    _check_outcome(stats, source)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``stpm-camera``; returns the exit code (0 ok, 2 user or source error)."""
+    return run_cli(_run, build_parser(), argv)
