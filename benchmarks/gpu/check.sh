@@ -144,7 +144,7 @@ IMAGES="$WORK/data/$CATEGORY/test/good"
     --backends ort-cuda --images "$IMAGES" --out "$OUT/doctor-fp16" --force || DOCTOR_RC=$?
 
 step "summary"
-"$PYTHON" benchmarks/gpu/gpu_report.py summary "$OUT"
+"$PYTHON" benchmarks/gpu/gpu_report.py summary "$OUT" --gpu "$GPU_NAME"
 rm -rf "$WORK"
 step "done: $OUT (stpm-doctor exit code $DOCTOR_RC)"
 exit "$DOCTOR_RC"

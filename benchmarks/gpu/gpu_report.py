@@ -100,13 +100,16 @@ def cmd_summary(args: argparse.Namespace) -> int:
     iob_path = folder / "iobinding.json"
     iob = json.loads(iob_path.read_text()) if iob_path.exists() else {}
     gpus = bench.get("environment", {}).get("gpus") or [{}]
+    name = args.gpu or gpus[0].get("name", "unknown GPU")
+    sizes = {tuple(r["input_size"]) for r in bench.get("records") or [] if r.get("input_size")}
+    size = ", ".join("x".join(str(v) for v in s) for s in sorted(sizes)) or "?"
     lines = [
-        f"# GPU check: {gpus[0].get('name', 'unknown GPU')}",
+        f"# GPU check: {name}",
         "",
         f"Written by `benchmarks/gpu/check.sh` ({bench.get('created')}); driver "
         f"{gpus[0].get('driver')}, ONNX Runtime "
         f"{bench.get('environment', {}).get('libraries', {}).get('onnxruntime')}.",
-        "Mean latency per call (host to host), demo `brick` model, 2 epochs, 256x256.",
+        f"Mean latency per call (host to host), demo `brick` model, 2 epochs, input {size}.",
         "PyTorch = CUDA eager with fp16 autocast (`stpm-bench --torch-baseline`, same run as ORT).",
         "",
         "| graph | batch | PyTorch CUDA | ORT CUDA | ORT CUDA + IO binding "
@@ -140,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     iob.set_defaults(func=cmd_iobinding)
     summ = sub.add_parser("summary", help="README.md of a report folder")
     summ.add_argument("folder")
+    summ.add_argument("--gpu", help="GPU name for the title (default: the bench environment's)")
     summ.set_defaults(func=cmd_summary)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -135,9 +135,9 @@ def test_summary_table(tmp_path: Path) -> None:
         "created": "2026-01-01T00:00:00Z",
         "environment": {"gpus": [{"name": "NVIDIA H200", "driver": "570"}], "libraries": {}},
         "records": [
-            _rec("torch", "fp16-autocast", 1, 4.0),
-            _rec("model", "fp32", 1, 2.0),
-            _rec("model", "fp16", 1, 1.0),
+            _rec("torch", "fp16-autocast", 1, 4.0, input_size=[256, 256]),
+            _rec("model", "fp32", 1, 2.0, input_size=[256, 256]),
+            _rec("model", "fp16", 1, 1.0, input_size=[256, 256]),
         ],
         "skipped": [{"label": "ort-cuda b8", "reason": "out of memory\nmore"}],
     }
@@ -150,3 +150,6 @@ def test_summary_table(tmp_path: Path) -> None:
     assert "| fp16 | 1 | 4.00 ms | 1.00 ms | 0.50 ms | 4.00x | 8.00x |" in text
     assert "| fp32 | 1 | 4.00 ms | 2.00 ms | — | 2.00x | — |" in text
     assert "- ort-cuda b8: out of memory" in text
+    assert "input 256x256" in text
+    assert gpu_report.main(["summary", str(tmp_path), "--gpu", "NVIDIA X"]) == 0
+    assert (tmp_path / "README.md").read_text().startswith("# GPU check: NVIDIA X")
