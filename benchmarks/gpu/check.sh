@@ -94,7 +94,7 @@ except ImportError:
 try:
     import stpm_edge.runtime, stpm_edge.export.cli  # noqa: F401
 except ImportError as exc:
-    problems.append(f"stpm-edge not importable ({exc}): pip install --no-deps -e .")
+    problems.append(f"stpm-edge not importable ({exc}): pip install --no-deps --no-build-isolation -e .")
 for p in problems:
     print("check.sh:", p, file=sys.stderr)
 sys.exit(1 if problems else 0)
