@@ -668,7 +668,8 @@ def _target_dir(out: str, force: bool) -> Path:
 
 # -- CLI -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from stpm_edge.cli.common import HelpFormatter, add_logging_args
+    from stpm_edge.cli.args import add_logging_args, add_output_args
+    from stpm_edge.cli.common import HelpFormatter
 
     parser = argparse.ArgumentParser(
         prog="stpm-doctor",
@@ -699,8 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trt-version", help="TensorRT rules to check against (default: installed, else 10.3)"
     )
-    parser.add_argument("--out", default=".", help="folder for doctor.md and doctor.json")
-    parser.add_argument("--force", action="store_true", help="overwrite an earlier report")
+    add_output_args(parser, help="folder for doctor.md and doctor.json", type=str, default=".")
     add_logging_args(parser)
     return parser
 
