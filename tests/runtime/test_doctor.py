@@ -159,6 +159,50 @@ def test_tensorrt_without_engine_is_skipped(fake_onnx: Path, tmp_path: Path) -> 
     assert doctor.backend_plan(None, ["ort-cpu"], fake_onnx, engine)[-1] == ("tensorrt", engine, "")
 
 
+class TrtDevice:
+    """The shared TensorRT/CUDA double (tests/fakes), wired into the doctor's detector factory."""
+
+    def __init__(self, monkeypatch, tmp_path: Path, onnx_path: Path) -> None:
+        from fakes.cuda import FakeCudart
+        from fakes.tensorrt import FakeTensorRT, Faults
+
+        from stpm_edge.export import trt_build
+        from stpm_edge.runtime.detector import AnomalyDetector
+        from stpm_edge.runtime.runners.trt import TrtRunner
+
+        self.cudart, self.faults = FakeCudart(), Faults()
+        trt = FakeTensorRT("10.3.0", cudart=self.cudart, faults=self.faults)
+        monkeypatch.setattr(trt_build, "_import_cudart", lambda: self.cudart)
+        info = trt_build.build_engine(
+            onnx_path, tmp_path / "model.engine", batch=(1, 4, 8), trt_module=trt
+        )
+        self.engine = info.engine_path
+        real = doctor._detector
+
+        def detector(path: Path, backend: str):
+            if backend != "tensorrt":
+                return real(path, backend)
+            runner = TrtRunner(path, trt_module=trt, cudart_module=self.cudart)
+            return AnomalyDetector(runner)
+
+        monkeypatch.setattr(doctor, "_detector", detector)
+
+
+def test_engine_checked_through_the_tensorrt_double(fake_onnx, tmp_path, monkeypatch) -> None:
+    device = TrtDevice(monkeypatch, tmp_path, fake_onnx)
+    argv = [str(fake_onnx), "--engine", str(device.engine), "--backends", "ort-cpu,tensorrt"]
+    rc, report, md = run_doctor(tmp_path / "ok", *argv)
+    trt = checks_by_name(report)["backend tensorrt"]
+    assert rc == 0, md
+    assert trt["status"] == "pass" and trt["data"]["runner"].startswith("tensorrt")
+    assert trt["data"]["map_error_of_peak"] < 1e-6 and trt["data"]["latency"]["iters"] >= 10
+
+    device.faults.execute_fails = True  # execute_async_v3 returns False: the runner raises
+    rc, report, _ = run_doctor(tmp_path / "bad", *argv)
+    trt = checks_by_name(report)["backend tensorrt"]
+    assert rc == 1 and trt["status"] == "fail" and "BackendError" in trt["detail"]
+
+
 def uint8_transpose_first(path: Path, size: int = 64, **props: str) -> Path:
     """The fake graph with today's bug: Transpose on the uint8 input before its Cast."""
     inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])
@@ -185,7 +229,6 @@ def uint8_transpose_first(path: Path, size: int = 64, **props: str) -> Path:
 
 
 def test_tensorrt_violation_fails_the_run(tmp_path: Path) -> None:
-    pytest.importorskip("stpm_edge.export.trt_check")
     bad = uint8_transpose_first(tmp_path / "bad.onnx")
     rc, report, md = run_doctor(tmp_path, str(bad))
     trt = next(c for c in report["checks"] if c["name"].startswith("TensorRT"))
@@ -198,7 +241,6 @@ def test_tensorrt_violation_fails_the_run(tmp_path: Path) -> None:
 
 
 def test_tensorrt_violation_warns_for_an_int8_graph_of_another_target(tmp_path: Path) -> None:
-    pytest.importorskip("stpm_edge.export.trt_check")
     props = {"stpm.precision": "int8", "stpm.int8_target": "cpu"}
     bad = uint8_transpose_first(tmp_path / "cpu_int8.onnx", **props)
     rc, report, _ = run_doctor(tmp_path, str(bad))
@@ -257,21 +299,25 @@ def test_usage_errors_exit_2(fake_onnx: Path, tmp_path: Path, capsys) -> None:
     assert "--engine" in capsys.readouterr().err
 
 
-def test_environment_only_without_torch(tmp_path: Path) -> None:
-    code = textwrap.dedent(
-        """
-        import sys
-        sys.modules["torch"] = None
-        sys.modules["torchvision"] = None
-        from stpm_edge.runtime.doctor import main
-        rc = main(["--out", sys.argv[1], "-q"])
-        assert sys.modules["torch"] is None
-        print("RC", rc)
-        """
-    )
+TORCH_BLOCKED = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None          # any `import torch` now raises ImportError
+    sys.modules["torchvision"] = None
+    from stpm_edge.runtime.doctor import main
+    rc = main(sys.argv[2:] + ["--out", sys.argv[1], "-q", "--seconds", "0", "--frames", "2"])
+    assert sys.modules["torch"] is None
+    print("RC", rc)
+    """
+)
+
+
+@pytest.mark.parametrize("with_model", [False, True], ids=["environment", "model"])
+def test_runs_without_torch(fake_onnx: Path, tmp_path: Path, with_model: bool) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [str(fake_onnx)] if with_model else []
     done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
+        [sys.executable, "-c", TORCH_BLOCKED, str(tmp_path / "out"), *argv],
         capture_output=True,
         text=True,
         env=env,
@@ -279,8 +325,10 @@ def test_environment_only_without_torch(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "RC 0" in done.stdout
-    report = json.loads((tmp_path / "doctor.json").read_text())
-    assert report["checks"] == [] and report["ok"] is True
+    report = json.loads((tmp_path / "out" / "doctor.json").read_text())
+    assert report["ok"] is True
+    names = [c["name"] for c in report["checks"]]
+    assert ("backend ort-cpu" in names) is with_model and (names == []) is not with_model
 
 
 BUILD_INFO = """
