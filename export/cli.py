@@ -36,6 +36,8 @@ examples:
   stpm-export runs/brick/best.ckpt -o brick.onnx
   stpm-export runs/brick/best.ckpt -o brick_fp16.onnx --fp16
   stpm-export runs/brick/best.ckpt -o brick_int8.onnx --int8 --calib data/demo/brick/train/good
+  stpm-export runs/brick/best.ckpt -o brick_int8_trt.onnx --int8 --target tensorrt --calib DIR
+  stpm-export --check-trt brick.onnx --trt-version 10.3   # TensorRT's parser limits, no GPU
   stpm-export runs/brick/best.ckpt -o brick.onnx --fp16 --engine --batch 1:1:8 --triton triton_repo
 """
 

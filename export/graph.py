@@ -13,6 +13,16 @@ Two layouts with identical outputs:
 FP16: the backbones run in float16 and everything after them (normalisation, distances,
 upsampling, product, score) in float32, with explicit Cast nodes between — the anomaly-map
 functions cast to float32 themselves. Weights are stored in float16; graph I/O stays uint8/float32.
+
+TensorRT accepts every graph by construction, checked on each export by
+:mod:`stpm_edge.export.trt_check` (its documented ONNX-parser limits):
+- the uint8 input feeds a Cast first (TensorRT takes uint8 only as a network input into a Cast;
+  the NHWC->NCHW Transpose and the BGR->RGB Slice run on float);
+- the top-k score never asks TopK for K >= 3840 (TensorRT's limit; the top-1 % of a 1024x1024 map
+  is K = 10486): ``anomaly_map.image_score`` sums the k largest values over TopK rounds of at most
+  3839, masking each round's picks by index (ScatterElements) — exact, ties included, and the
+  plain one-TopK mean wherever K <= 3839. Chosen over a top-k of a max-pooled map or a sort-free
+  threshold search because it gives the same number as training and evaluation, not an estimate.
 """
 
 from __future__ import annotations
