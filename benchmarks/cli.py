@@ -27,6 +27,14 @@ from stpm_edge.benchmarks.runner import (
     run_job,
     run_job_isolated,
 )
+from stpm_edge.cli.args import (
+    add_backend_args,
+    add_batch_args,
+    add_config_args,
+    add_logging_args,
+    add_output_args,
+)
+from stpm_edge.cli.common import HelpFormatter, run_cli
 from stpm_edge.errors import ConfigError, StpmEdgeError, note
 
 logger = logging.getLogger("stpm_edge.benchmarks")
@@ -67,18 +75,13 @@ def _frame_size(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stpm-bench",
-        description="Time exported STPM models (ONNX or TensorRT engines) on each backend, batch "
+        description="Time exported STPM models (ONNX or TensorRT engines) on each backend, batch\n"
         "size and thread count, host to host, and write report.json/report.md/PNGs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="model.onnx or model.engine files")
-    p.add_argument("--backend", default="auto", help=f"comma list of {', '.join(BACKEND_CHOICES)}")
-    p.add_argument("--batch", default="1", help="comma list of batch sizes, e.g. 1,4,8,16")
-    p.add_argument(
-        "--threads",
-        default=None,
-        help="comma list of CPU thread counts for ONNX Runtime; None = its own default",
-    )
+    add_backend_args(p, multiple=True)  # checked against BACKEND_CHOICES by _backends
+    add_batch_args(p, multiple=True)
     p.add_argument("--warmup", type=int, default=10, help="untimed iterations per configuration")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument(
@@ -128,16 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run each configuration in a fresh process (per-configuration peak RSS)",
     )
-    p.add_argument(
-        "--out",
-        default=None,
-        help="report folder; None = bench-<name>-<UTC time> in the current folder",
+    add_output_args(
+        p, type=str, help="report folder (default: bench-<name>-<UTC time> in the current folder)"
     )
     p.add_argument("--name", default=None, help="machine name in the report; None = the hostname")
-    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input frames")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_config_args(p)
+    add_logging_args(p)
     return p
 
 
@@ -254,15 +255,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    try:
+
+    def body(args: argparse.Namespace) -> int:
         run(args, argv)
-    except StpmEdgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(body, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stpm_edge.cli.common import HelpFormatter, add_logging_args, run_cli
+from stpm_edge.cli.args import (
+    DeprecatedAlias,
+    add_config_args,
+    add_logging_args,
+    add_output_args,
+)
+from stpm_edge.cli.common import HelpFormatter, run_cli
 from stpm_edge.errors import ConfigError, OutputExistsError, note
 
 logger = logging.getLogger(__name__)
@@ -38,7 +44,7 @@ examples:
   stpm-export runs/brick/best.ckpt -o brick_int8.onnx --int8 --calib data/demo/brick/train/good
   stpm-export runs/brick/best.ckpt -o brick_int8_trt.onnx --int8 --target tensorrt --calib DIR
   stpm-export --check-trt brick.onnx --trt-version 10.3   # TensorRT's parser limits, no GPU
-  stpm-export runs/brick/best.ckpt -o brick.onnx --fp16 --engine --batch 1:1:8 --triton triton_repo
+  stpm-export runs/brick/best.ckpt -o brick.onnx --fp16 --engine --batch-range 1:1:8 --triton triton_repo
 """
 
 
@@ -60,7 +66,7 @@ def parse_batch(text: str) -> tuple[int, int, int]:
         values = (1, values[0], values[0])
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
         raise argparse.ArgumentTypeError(
-            f"--batch {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8"
+            f"--batch-range {text!r}: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, e.g. 1:1:8"
         )
     return values  # type: ignore[return-value]
 
@@ -73,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoint", type=Path, nargs="?", help="checkpoint from stpm-train (RUN_DIR/best.ckpt)"
     )
-    p.add_argument("-o", "--output", type=Path, help="ONNX file to write (required)")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    add_output_args(p, "-o", "--output", help="ONNX file to write (required)")
     g = p.add_argument_group("graph")
     g.add_argument(
         "--input",
@@ -126,12 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="also build a serialized TensorRT engine beside the ONNX",
     )
     t.add_argument(
-        "--batch",
+        "--batch-range",
         type=parse_batch,
         default=(1, 1, 8),
         metavar="MIN:OPT:MAX",
         help="dynamic-batch optimisation profile of the engine",
     )
+    # the old spelling; "--batch" now means the batch fed to the model (stpm-camera, stpm-bench)
+    t.add_argument(
+        "--batch", action=DeprecatedAlias, dest="batch_range", new_flag="--batch-range",
+        type=parse_batch, metavar="MIN:OPT:MAX",
+    )  # fmt: skip
     t.add_argument(
         "--workspace-mb", type=int, default=1024, help="TensorRT builder workspace limit"
     )
@@ -154,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "profile 1..--max-batch-size); a .plan from --engine must be built with the container's "
         "TensorRT instead",
     )
+    add_config_args(p)
     add_logging_args(p)
     return p
 
@@ -434,7 +445,7 @@ def _downstream(args: argparse.Namespace, result: ExportResult) -> None:
         info = build_engine(
             args.output,
             args.output.with_suffix(".engine"),
-            batch=args.batch,
+            batch=args.batch_range,
             workspace_mb=args.workspace_mb,
             timing_cache=args.timing_cache,
             force=args.force,
@@ -495,7 +506,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_run, build_parser(), argv)
+    return run_cli(_run, build_parser(), argv)  # a missing torch/onnx is caught by run_cli
 
 
 if __name__ == "__main__":

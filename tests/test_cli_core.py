@@ -61,7 +61,8 @@ def test_eval_help(capsys) -> None:
     text = help_text(eval_cli.main, capsys)
     assert "(default: 8)" in option_help(text, "--batch-size")
     assert "(default: cpu)" in option_help(text, "--device")
-    assert "(default: False)" in option_help(text, "--force")
+    force = option_help(text, "--force")  # a switch, off unless given: no default to claim
+    assert "overwrite existing outputs" in force and "(default: None)" not in force
     assert "metrics.json" in text and "predictions.csv" in text
 
 

@@ -82,6 +82,15 @@ def add_backend_args(parser: argparse.ArgumentParser, *, multiple: bool = False)
         g.add_argument(
             "--backend", default="auto", metavar="LIST", help=f"comma list; each an {BACKEND_HELP}"
         )
+    else:
+        g.add_argument("--backend", default="auto", metavar="NAME", help=BACKEND_HELP)
+    add_threads_args(parser, multiple=multiple)
+
+
+def add_threads_args(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
+    """``--threads``: ONNX Runtime CPU threads (``multiple``: a comma list to sweep)."""
+    g = _group(parser, "backend")
+    if multiple:
         g.add_argument(
             "--threads",
             default=None,
@@ -89,7 +98,6 @@ def add_backend_args(parser: argparse.ArgumentParser, *, multiple: bool = False)
             help="comma list of ONNX Runtime CPU thread counts (default: ORT's choice)",
         )
         return
-    g.add_argument("--backend", default="auto", metavar="NAME", help=BACKEND_HELP)
     g.add_argument(
         "--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: ORT's choice)"
     )
@@ -122,15 +130,18 @@ def add_output_args(
     required: bool = False,
     type: Any = Path,
     default: Any = None,
+    force: bool = True,
 ) -> None:
-    """Output: the output flag(s) (``--out`` unless given) and ``--force``.
+    """Output: the output flag(s) (``--out`` unless given) and ``--force`` (unless ``force=False``,
+    for a command that never overwrites).
 
     ``--force`` is store_const with a None default so that a ``--config`` file can set it and
     "not given" stays distinguishable; None is falsy wherever it is used as a bool.
     """
     g = _group(parser, "output")
     g.add_argument(*(flags or ("--out",)), required=required, type=type, default=default, help=help)
-    add_force_args(parser)
+    if force:
+        add_force_args(parser)
 
 
 def add_force_args(parser: argparse.ArgumentParser) -> None:

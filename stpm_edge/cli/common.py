@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from stpm_edge.cli.args import add_logging_args, parse_args
 from stpm_edge.errors import StpmEdgeError, note
@@ -73,20 +75,26 @@ def run_cli(
     body: Callable[[argparse.Namespace], int],
     parser: argparse.ArgumentParser | Callable[[], argparse.ArgumentParser],
     argv: Sequence[str] | None,
+    needs: Sequence[str] = (),
 ) -> int:
     """Parse (``--config`` merged), set up logging, run ``body``.
 
     A user mistake prints ``error: ...`` and returns 2; so does a training-only module missing
     from a runtime-only install (with the install command). ``parser`` may be a zero-argument
-    builder, so that a builder that imports torch is covered too.
+    builder, so that a builder that imports torch is covered too. ``needs``: modules checked
+    after parsing, before ``body`` runs (so nothing is half done when one is missing).
     """
-    prog = "stpm"
+    called_as = Path(sys.argv[0]).name  # the console script, for a builder that fails to import
+    prog = called_as if called_as.startswith("stpm-") else "this command"
     try:
         if callable(parser) and not isinstance(parser, argparse.ArgumentParser):
             parser = parser()
         prog = parser.prog
         args = parse_args(parser, argv)
         setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+        for module in needs:
+            if importlib.util.find_spec(module) is None:
+                raise ModuleNotFoundError(f"No module named {module!r}", name=module)
         return body(args)
     except StpmEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

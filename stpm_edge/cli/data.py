@@ -11,14 +11,11 @@ Exit codes: 0 success, 2 a user error (printed as ``error: ...`` on stderr).
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
 from collections.abc import Sequence
 
-from stpm_edge.data.demo import DEFECT_TYPES, TEXTURES, build_demo_dataset
-from stpm_edge.data.mvtec import load_training_source
-from stpm_edge.errors import StpmEdgeError
+from stpm_edge.cli.args import add_force_args, add_logging_args
+from stpm_edge.cli.common import HelpFormatter, run_cli
 
 
 def _csv(text: str) -> list[str]:
@@ -26,13 +23,15 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from stpm_edge.data.demo import DEFECT_TYPES, TEXTURES
+
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="stpm-data",
         description="Build the demo dataset or check a dataset folder.",
         formatter_class=fmt,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
+    add_logging_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -69,11 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--image-size", type=int, default=256, help="side of the square images (px)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the demo's own category folders and README in a non-empty --out",
-    )
+    add_force_args(demo)  # replaces only the demo's own category folders and README
 
     check = sub.add_parser(
         "check",
@@ -98,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from stpm_edge.data.demo import build_demo_dataset
+
     start = time.perf_counter()
     out = build_demo_dataset(
         args.out,
@@ -107,7 +104,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         n_test_defect=args.n_test_defect,
         image_size=args.image_size,
         seed=args.seed,
-        force=args.force,
+        force=bool(args.force),
         defect_types=args.defect_types,
     )
     print(f"demo dataset written to {out} in {time.perf_counter() - start:.1f} s")
@@ -116,6 +113,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    from stpm_edge.data.mvtec import load_training_source
+
     source = load_training_source(args.data, args.category, skip_bad=args.skip_bad)
     source.validate()
     print(f"{source}: OK")
@@ -128,17 +127,10 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``stpm-data``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+    return run_cli(
+        lambda a: _run_demo(a) if a.command == "demo" else _run_check(a), build_parser, argv
     )
-    try:
-        return _run_demo(args) if args.command == "demo" else _run_check(args)
-    except StpmEdgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-from stpm_edge.cli.common import HelpFormatter, add_logging_args, run_cli
+from stpm_edge.cli.args import add_logging_args, add_output_args, add_threads_args
+from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Run stpm-edge end to end on real photographs, offline:
 build the demo dataset (scikit-image textures + synthetic defects with exact masks), train STPM
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stpm-demo", description=DESCRIPTION, formatter_class=HelpFormatter
     )
-    p.add_argument("--out", type=Path, default=d.out, help="demo folder")
+    add_output_args(p, default=d.out, help="demo folder", force=False)
     p.add_argument(
         "--categories", default=",".join(d.categories), help="comma-separated demo categories"
     )
@@ -39,9 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.bench_seconds,
         help="time per benchmark configuration",
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="ONNX Runtime threads (default: ORT's choice)"
-    )
+    add_threads_args(p)
     add_logging_args(p)
     return p
 
@@ -65,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_run, build_parser(), argv)
+    return run_cli(_run, build_parser, argv, needs=("torch", "skimage"))
 
 
 if __name__ == "__main__":

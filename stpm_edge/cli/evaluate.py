@@ -7,7 +7,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.cli.common import HelpFormatter, add_logging_args, run_cli
+from stpm_edge.cli.args import add_logging_args, add_output_args
+from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Evaluate a trained checkpoint on DATA/CATEGORY/test.
 
@@ -29,10 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     p.add_argument("--category", required=True, help="category folder under --data")
-    p.add_argument("--out", type=Path, required=True, help="folder for the evaluation files")
+    add_output_args(p, required=True, help="folder for the evaluation files")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument(
         "--skip-bad",
         action="store_true",
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_run, build_parser(), argv)
+    return run_cli(_run, build_parser(), argv, needs=("torch",))
 
 
 if __name__ == "__main__":

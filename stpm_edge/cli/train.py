@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stpm_edge.cli.common import HelpFormatter, add_logging_args, run_cli
+from stpm_edge.cli.args import add_config_args, add_logging_args, add_output_args
+from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Train the STPM student against a frozen pretrained teacher on good images only.
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stpm-train", description=DESCRIPTION, formatter_class=HelpFormatter
     )
-    p.add_argument("--config", help="YAML file with any of these settings (dashes or underscores)")
+    add_config_args(p, merge=False)  # TrainConfig.from_sources reads it (flags win)
     g = p.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -102,14 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help=f"data-loader worker processes (default: {d.workers})"
     )
     r = p.add_argument_group("output")
-    r.add_argument("--out", help=f"run folder (default: {d.out})")
+    add_output_args(p, type=str, help=f"run folder (default: {d.out})")
     r.add_argument(
         "--resume",
         action="store_const",
         const=True,
         help="continue the run in --out from last.ckpt",
     )
-    r.add_argument("--force", action="store_const", const=True, help="write into a non-empty --out")
     r.add_argument(
         "--no-progress", dest="progress", action="store_const", const=False, help="no progress bar"
     )
@@ -141,7 +141,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_run, build_parser(), argv)
+    return run_cli(
+        _run, build_parser, argv, needs=("torch",)
+    )  # a builder: it imports torch (TrainConfig)
 
 
 if __name__ == "__main__":

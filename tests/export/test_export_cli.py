@@ -119,7 +119,7 @@ def test_fp16_and_int8_are_exclusive(best_ckpt: Path, tmp_path: Path) -> None:
 def test_bad_batch_profile(best_ckpt: Path, tmp_path: Path) -> None:
     err = io.StringIO()
     with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
-        export_main([str(best_ckpt), "-o", str(tmp_path / "m.onnx"), "--batch", "8:1:1"])
+        export_main([str(best_ckpt), "-o", str(tmp_path / "m.onnx"), "--batch-range", "8:1:1"])
     assert info.value.code == 2 and "MIN:OPT:MAX" in err.getvalue()
 
 
