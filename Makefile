@@ -1,6 +1,7 @@
 # The two commands of the README. Both create .venv on first use.
-#   make demo  - install and run the whole pipeline offline (stpm-demo), print the report path
-#   make test  - install with [dev] extras and run the test suite
+#   make demo  - install with the [train] extra and run the whole pipeline offline (stpm-demo)
+#   make test  - install with the [train,dev] extras and run the test suite (including a fresh
+#                runtime-only venv: tests/test_runtime_install.py)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -16,11 +17,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP_BASE): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e ".[train]"
 	touch $@
 
 $(STAMP_DEV): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
 	touch $@ $(STAMP_BASE)
 
 demo: $(STAMP_BASE)

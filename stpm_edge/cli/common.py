@@ -51,6 +51,8 @@ TRAIN_EXTRA_MODULES = frozenset(
     }
 )
 TRAIN_INSTALL_HINT = "pip install 'stpm-edge[train]'"
+BENCH_EXTRA_MODULES = frozenset({"onnx", "matplotlib"})
+BENCH_INSTALL_HINT = "pip install 'stpm-edge[bench]'"
 
 
 def missing_extra_message(exc: ModuleNotFoundError, prog: str) -> str | None:
@@ -58,10 +60,11 @@ def missing_extra_message(exc: ModuleNotFoundError, prog: str) -> str | None:
     root = (exc.name or "").split(".")[0]
     if root not in TRAIN_EXTRA_MODULES:
         return None
-    return note(
-        f"{prog} needs {root}, which is not installed (this is the runtime-only install)",
-        f"install the training flavour: {TRAIN_INSTALL_HINT}",
-    )
+    if prog == "stpm-bench" and root in BENCH_EXTRA_MODULES:  # a device tool: no torch needed
+        fix = f"install the benchmark extra: {BENCH_INSTALL_HINT} (or {TRAIN_INSTALL_HINT})"
+    else:
+        fix = f"install the training flavour: {TRAIN_INSTALL_HINT}"
+    return note(f"{prog} needs {root}, which is not installed (a runtime-only install?)", fix)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
