@@ -380,3 +380,22 @@ def test_engine_export_of_a_cpu_int8_graph_is_refused(
     assert rc == 2 and "would reject" in err and "dq-input-type" in err
     assert "--target tensorrt" in err
     assert not refused.exists()
+
+
+def test_every_export_is_checked_error_for_tensorrt_warning_otherwise(caplog) -> None:
+    import argparse
+    import logging
+
+    from stpm_edge.errors import ExportError
+    from stpm_edge.export.cli import _trt_check
+
+    bad = qdq_graph(3, np.int8)
+    args = argparse.Namespace(engine=False, trt_version="10.3")
+    with caplog.at_level(logging.WARNING, logger="stpm_edge.export.cli"):
+        _trt_check(bad, args, "cpu", "int8")
+    assert "not for TensorRT" in caplog.text and "--target tensorrt" in caplog.text
+    with pytest.raises(ExportError, match="qdq-zero-point"):
+        _trt_check(bad, args, "tensorrt", "int8")
+    with pytest.raises(ExportError, match="would reject"):
+        _trt_check(bad, argparse.Namespace(engine=True, trt_version="11"), "cpu", "fp32")
+    _trt_check(qdq_graph(0, np.int8), args, "tensorrt", "int8")  # a valid graph passes silently
