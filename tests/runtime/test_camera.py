@@ -330,3 +330,42 @@ def test_empty_video_in_process_stops_as_empty(detector, tmp_path) -> None:
     _, events = _lines(log)
     assert stats.stopped_by == "empty" and stats.frames == 0
     assert [e["event"] for e in events] == ["start", "empty", "stop"]  # no endless rewinds
+
+
+class SdkLikeSource:
+    """What an SDK camera source (issue 11: pypylon, GenTL) looks like to the loop: a registered
+    URL scheme, device timestamps/frame ids in ``meta``, and frames the device reports lost."""
+
+    live = False  # a finite test sequence: read in order, no drops
+    fps = 0.0
+
+    def __init__(self, spec: str) -> None:
+        self.name, self.lost, self._i = spec, 0, 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self):
+        if self._i == 3:
+            self.lost = 2  # e.g. the camera's own counter skipped two frame ids
+            return None
+        self._i += 1
+        meta = {"device_frame_id": 10 + self._i, "device_timestamp": 1000 * self._i}
+        return SourceFrame(bright_frame() if self._i == 2 else dark_frame(), None, meta)
+
+    def close(self) -> None:
+        pass
+
+
+def test_registered_scheme_source_through_the_cli(fake_onnx, tmp_path, monkeypatch) -> None:
+    from stpm_edge.runtime.camera import sources
+
+    monkeypatch.setitem(sources._SCHEMES, "fakecam", SdkLikeSource)
+    log = tmp_path / "sdk.jsonl"
+    argv = ["--model", str(fake_onnx), "--source", "fakecam://serial-123", "--log", str(log)]
+    assert main(argv + ["--stats-every", "0"]) == 0
+    frames, events = _lines(log)
+    assert [f["device_frame_id"] for f in frames] == [11, 12, 13]
+    assert [f["verdict"] for f in frames] == ["OK", "NG", "OK"]
+    assert frames[0]["source"] == "fakecam://serial-123" and "file" not in frames[0]
+    assert events[-1]["event"] == "stop" and events[-1]["source_lost"] == 2
