@@ -399,3 +399,10 @@ def test_every_export_is_checked_error_for_tensorrt_warning_otherwise(caplog) ->
     with pytest.raises(ExportError, match="would reject"):
         _trt_check(bad, argparse.Namespace(engine=True, trt_version="11"), "cpu", "fp32")
     _trt_check(qdq_graph(0, np.int8), args, "tensorrt", "int8")  # a valid graph passes silently
+
+
+def test_the_score_rounds_fit_the_checked_topk_limit() -> None:
+    """anomaly_map's TopK rounds (torch side) never exceed what the check (onnx side) allows."""
+    from stpm_edge import anomaly_map as am
+
+    assert am.TOPK_MAX_K <= trt_check.TOPK_MAX_K < 3840
