@@ -30,7 +30,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         # real default in the help text; argparse would append a misleading "(default: None)".
         if action.help and "(default" in action.help:
             return action.help
-        if action.default is None and action.nargs == 0:  # store_const switches (--no-amp, ...)
+        if action.default is None:  # "not given" (optional flags, store_const switches)
             return action.help
         return super()._get_help_string(action)
 
