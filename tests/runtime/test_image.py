@@ -105,6 +105,22 @@ def test_decode_applies_the_one_rule(odd_files, kind: str) -> None:
     np.testing.assert_array_equal(image.decode_bgr(image.decode_raw(path)), expected[..., ::-1])
 
 
+def test_camera_folder_source_reads_like_training(odd_files) -> None:
+    """stpm-camera's folder source hands the detector what training decodes (Unicode name too)."""
+    from stpm_edge.runtime.camera.sources import open_source
+
+    folder = odd_files["gray8"][0].parent
+    source = open_source(str(folder))
+    source.open()
+    seen = {}
+    while (item := source.read()) is not None:
+        seen[Path(item.origin).name] = image.to_bgr(item.image)
+    source.close()
+    assert sorted(seen) == sorted(path.name for path, _ in odd_files.values())
+    for path, expected in odd_files.values():
+        np.testing.assert_array_equal(seen[path.name], expected[..., ::-1])
+
+
 def test_exif_orientation_is_ignored_on_purpose(odd_files) -> None:
     path, _ = odd_files["exif_jpeg"]
     # cv2.imread's default applies the tag (a camera frame never has one): shapes differ
