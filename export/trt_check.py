@@ -229,11 +229,11 @@ def _fold(node: onnx.NodeProto, facts: GraphFacts, depth: int) -> np.ndarray | N
         shape = facts.shapes.get(node.input[0])
         return None if shape is None or None in shape else np.array(shape, dtype=np.int64)
     args = [facts.value(name, depth + 1) if name else None for name in node.input]
-    if any(a is None for a in args[:1]) or (op not in _UNARY and any(a is None for a in args)):
-        return None
     unary = _UNARY.get(op)
     if unary is not None:
-        return unary(node, args[0])
+        return None if not args or args[0] is None else unary(node, args[0])
+    if any(a is None for a in args):
+        return None
     binary = _BINARY.get(op)
     return binary(*args) if binary is not None else _fold_shape_op(node, args)
 
