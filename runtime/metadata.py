@@ -43,7 +43,8 @@ class ModelInfo:
             (float32 (N, 3, H, W), normalised RGB).
         input_size: ``(H, W)`` of the graph input.
         color_order: ``"BGR"`` or ``"RGB"``, channel order of a uint8 input.
-        mean, std: per-channel RGB statistics on the [0, 1] scale (used for float32 inputs).
+        mean, std: per-channel RGB statistics on the [0, 1] scale (used for float32 inputs);
+            ``()`` when the graph does not carry them.
         image_threshold, pixel_threshold: calibrated thresholds in raw score units.
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
         layout: ``"separate"`` or ``"stacked"``.
@@ -57,8 +58,8 @@ class ModelInfo:
     input_format: str
     input_size: tuple[int, int]
     color_order: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     image_threshold: float
     pixel_threshold: float
     precision: str
@@ -158,8 +159,10 @@ def parse_metadata(
         input_format=input_format,
         input_size=(int(size[0]), int(size[1])),
         color_order=color_order,
-        mean=_triple(props, "stpm.mean", (0.485, 0.456, 0.406), source),
-        std=_triple(props, "stpm.std", (0.229, 0.224, 0.225), source),
+        # no fallback constants: the graph's own values, or () where it has none (a uint8
+        # graph normalises inside; a float32_nchw graph must carry them, checked above)
+        mean=_triple(props, "stpm.mean", (), source),
+        std=_triple(props, "stpm.std", (), source),
         image_threshold=_number(props, "stpm.image_threshold", source),
         pixel_threshold=_number(props, "stpm.pixel_threshold", source),
         precision=str(_value(props.get("stpm.precision", "fp32"))),
