@@ -32,16 +32,25 @@ random stream keyed by seed, category, split and index).
 from __future__ import annotations
 
 import logging
-import shutil
 import zlib
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from stpm_edge.errors import ConfigError, OutputExistsError, note
+from stpm_edge.data.synth.common import (
+    MASK_TOL,
+    blob,
+    composite,
+    mean_change,
+    photo,
+    prepare_output,
+    random_crop,
+    spread_counts,
+    write_png,
+)
+from stpm_edge.errors import ConfigError, note
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +63,6 @@ TEST_COLS = (312, 512)
 CROP_RANGE = (144, 200)  # crop side in photo pixels, identical for train and test
 JITTER = 0.04  # +-4 % brightness, contrast and gamma
 
-MASK_TOL = 3  # grey levels: a pixel changed by less is restored, so the mask is exact
 MIN_CONTRAST = 30.0  # mean |change| over the mask, grey levels
 MIN_AREA_FRACTION = 0.0008
 MAX_ATTEMPTS = 40
@@ -75,18 +83,6 @@ _SPLIT_IDS = {"train": 0, "test_good": 1, **{t: 2 + i for i, t in enumerate(DEFE
 
 
 # -- source photographs --------------------------------------------------------------------------
-@lru_cache(maxsize=16)
-def _photo(name: str) -> np.ndarray:
-    """A scikit-image sample photo as read-only ``float32 (H, W)`` gray or ``(H, W, 3)`` RGB in [0, 1]."""
-    import skimage.data  # local import: only the demo builder needs scikit-image
-
-    array = getattr(skimage.data, name)().astype(np.float32) / np.float32(255.0)
-    if array.ndim == 3:
-        array = array[:, :, :3]
-    array.setflags(write=False)
-    return array
-
-
 def _tinted(gray: np.ndarray, category: str) -> np.ndarray:
     """``float32 (H, W)`` gray in [0, 1] -> ``float32 (H, W, 3)`` RGB in [0, 255]."""
     return gray[:, :, None] * np.asarray(_TINTS[category], np.float32) * np.float32(255.0)
@@ -96,19 +92,7 @@ def _render_crop(
     category: str, cols: tuple[int, int], rng: np.random.Generator, size: int
 ) -> np.ndarray:
     """One random crop of the category photo from columns ``cols``: ``uint8 (size, size, 3)``."""
-    photo = _photo(category)
-    side = int(rng.integers(CROP_RANGE[0], CROP_RANGE[1] + 1))
-    x0 = int(rng.integers(cols[0], cols[1] - side + 1))
-    y0 = int(rng.integers(0, PHOTO_SIDE - side + 1))
-    crop = photo[y0 : y0 + side, x0 : x0 + side]
-    if rng.random() < 0.5:
-        crop = crop[:, ::-1]
-    if rng.random() < 0.5:
-        crop = crop[::-1]
-    turns = int(rng.integers(4))
-    if _ROTATE[category]:
-        crop = np.rot90(crop, turns)
-    crop = cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=cv2.INTER_LINEAR)
+    crop = random_crop(photo(category), cols, CROP_RANGE, rng, size, _ROTATE[category])
     gamma, contrast, brightness = 1.0 + rng.uniform(-JITTER, JITTER, size=3)
     crop = np.clip(crop, 0.0, 1.0) ** gamma
     mean = float(crop.mean())
@@ -118,20 +102,6 @@ def _render_crop(
 
 
 # -- defect shapes ---------------------------------------------------------------------------------
-def _blob(rng: np.random.Generator, size: int, radius: float) -> np.ndarray:
-    """Irregular filled blob (radius with random low harmonics), hard edged: ``uint8 (S, S)``."""
-    margin = radius * 1.5 + 2
-    cx, cy = rng.uniform(margin, size - margin, size=2)
-    theta = np.linspace(0.0, 2 * np.pi, 64, endpoint=False)
-    r = np.ones_like(theta)
-    for k in (2, 3, 4):
-        r += rng.uniform(0.0, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    pts = np.stack([cx + radius * r * np.cos(theta), cy + radius * r * np.sin(theta)], axis=1)
-    support = np.zeros((size, size), np.uint8)
-    cv2.fillPoly(support, [np.rint(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
-    return support
-
-
 def _scratch(clean: np.ndarray, rng: np.random.Generator, large: bool, category: str):
     size = clean.shape[0]
     scale = size / 256.0
@@ -196,7 +166,7 @@ def _hole(clean: np.ndarray, rng: np.random.Generator, large: bool, category: st
 def _stain(clean: np.ndarray, rng: np.random.Generator, large: bool, category: str):
     size = clean.shape[0]
     radius = size * (rng.uniform(0.10, 0.16) if large else rng.uniform(0.05, 0.08))
-    support = _blob(rng, size, radius)
+    support = blob(rng, size, radius)
     depth = cv2.distanceTransform(support, cv2.DIST_L2, 3)
     depth = np.clip(depth / max(float(depth.max()), 1.0) * 2.0, 0.0, 1.0)
     strength = rng.uniform(0.5, 0.7)
@@ -209,11 +179,11 @@ def _stain(clean: np.ndarray, rng: np.random.Generator, large: bool, category: s
 def _patch(clean: np.ndarray, rng: np.random.Generator, large: bool, category: str):
     size = clean.shape[0]
     radius = size * (rng.uniform(0.11, 0.17) if large else rng.uniform(0.06, 0.09))
-    support = _blob(rng, size, radius)
+    support = blob(rng, size, radius)
     others = [t for t in TEXTURES if t != category]
     name = (others + list(_FOREIGN_PHOTOS))[int(rng.integers(len(others) + len(_FOREIGN_PHOTOS)))]
-    photo = _photo(name)
-    source = _tinted(photo, name) if name in TEXTURES else photo * np.float32(255.0)
+    picture = photo(name)
+    source = _tinted(picture, name) if name in TEXTURES else picture * np.float32(255.0)
     if source.ndim == 2:
         source = np.repeat(source[:, :, None], 3, axis=2)
     h, w = source.shape[:2]
@@ -234,27 +204,6 @@ _DEFECTS: dict[str, Callable] = {
 }
 
 
-def composite(
-    clean: np.ndarray, alpha: np.ndarray, target: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blend ``target`` into ``clean`` and derive the exact mask.
-
-    Args:
-        clean: ``uint8 (S, S, 3)``; alpha: ``float32 (S, S)`` in [0, 1]; target: ``float32 (S, S, 3)``.
-
-    Returns:
-        ``(defective uint8 (S, S, 3), mask bool (S, S))`` where the mask is exactly the set of
-        pixels that differ from ``clean`` (changes below ``MASK_TOL`` are undone).
-    """
-    a = alpha[:, :, None]
-    blended = clean.astype(np.float32) * (1.0 - a) + target * a
-    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    diff = np.abs(out.astype(np.int16) - clean.astype(np.int16)).max(axis=2)
-    mask = diff >= MASK_TOL
-    out[~mask] = clean[~mask]
-    return out, mask
-
-
 def _make_defect(
     clean: np.ndarray, defect: str, rng: np.random.Generator, large: bool, category: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -264,11 +213,7 @@ def _make_defect(
     for _ in range(MAX_ATTEMPTS):
         alpha, target = _DEFECTS[defect](clean, rng, large, category)
         out, mask = composite(clean, alpha, target)
-        area = int(mask.sum())
-        if area < min_area:
-            continue
-        contrast = float(np.abs(out[mask].astype(np.float32) - clean[mask]).max(axis=1).mean())
-        if contrast >= MIN_CONTRAST:
+        if int(mask.sum()) >= min_area and mean_change(clean, out, mask) >= MIN_CONTRAST:
             return out, mask
     raise AssertionError(f"could not draw a visible {defect} in {MAX_ATTEMPTS} attempts")
 
@@ -278,20 +223,6 @@ def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generato
     """An independent random stream per image, so images do not depend on each other's draws."""
     key = [seed, zlib.crc32(category.encode()), _SPLIT_IDS[split], index]
     return np.random.default_rng(np.random.SeedSequence(key))
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
-        raise OSError(f"cv2.imwrite failed for {path}")
-
-
-def _defect_counts(n_test_defect: int, defect_types: Sequence[str]) -> dict[str, int]:
-    """Spread ``n_test_defect`` over the types, the first types taking the remainder."""
-    k = len(defect_types)
-    return {t: n_test_defect // k + (i < n_test_defect % k) for i, t in enumerate(defect_types)}
 
 
 def _check_args(categories, defect_types, n_train, n_test_good, n_test_defect, image_size) -> None:
@@ -319,22 +250,6 @@ def _check_args(categories, defect_types, n_train, n_test_good, n_test_defect, i
         raise ConfigError(note(f"invalid image_size {image_size}", "expected 64..1024 pixels"))
 
 
-def _prepare_output(out: Path, categories: Sequence[str], force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(note(f"{out} exists and is not a folder", "choose another --out"))
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise OutputExistsError(
-                note(f"output folder {out} is not empty", "choose another --out or pass --force")
-            )
-        # Remove only what this builder writes: never a whole user folder.
-        for name in categories:
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-        (out / "README.txt").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def build_category(
     out: Path,
     category: str,
@@ -349,18 +264,18 @@ def build_category(
     root = out / category
     for i in range(n_train):
         image = _render_crop(category, TRAIN_COLS, _rng(seed, category, "train", i), image_size)
-        _write_png(root / "train" / "good" / f"{i:03d}.png", image)
+        write_png(root / "train" / "good" / f"{i:03d}.png", image)
     for i in range(n_test_good):
         image = _render_crop(category, TEST_COLS, _rng(seed, category, "test_good", i), image_size)
-        _write_png(root / "test" / "good" / f"{i:03d}.png", image)
+        write_png(root / "test" / "good" / f"{i:03d}.png", image)
     counts = {"train/good": n_train, "test/good": n_test_good}
-    for defect, n in _defect_counts(n_test_defect, defect_types).items():
+    for defect, n in spread_counts(n_test_defect, defect_types).items():
         for i in range(n):
             rng = _rng(seed, category, defect, i)
             clean = _render_crop(category, TEST_COLS, rng, image_size)
             image, mask = _make_defect(clean, defect, rng, large=bool(i % 2), category=category)
-            _write_png(root / "test" / defect / f"{i:03d}.png", image)
-            _write_png(
+            write_png(root / "test" / defect / f"{i:03d}.png", image)
+            write_png(
                 root / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255
             )
         if n:
@@ -404,7 +319,7 @@ def build_demo_dataset(
     categories = list(categories)
     defect_types = list(defect_types)
     _check_args(categories, defect_types, n_train, n_test_good, n_test_defect, image_size)
-    _prepare_output(out, categories, force)
+    prepare_output(out, categories, force)
     summary = {}
     for category in categories:
         summary[category] = build_category(
