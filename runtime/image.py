@@ -179,13 +179,12 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
 
 def _name(src: ImageSource) -> str:
-    return (
-        "frame"
-        if isinstance(src, np.ndarray)
-        else "image bytes"
-        if isinstance(src, (bytes, bytearray, memoryview))
-        else str(src)
-    )
+    """How error messages name ``src``."""
+    if isinstance(src, np.ndarray):
+        return "frame"
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "image bytes"
+    return str(src)
 
 
 # -- geometry and model input -----------------------------------------------------------------

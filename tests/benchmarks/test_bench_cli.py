@@ -203,7 +203,9 @@ def test_cli_torch_baseline(tmp_path: Path) -> None:
         pytest.skip("stpm_edge.checkpoint / stpm_edge.model not available yet")
     ckpt = tmp_path / "tiny.ckpt"
     config = ModelConfig(backbone="resnet18", image_size=SIZE * 2, teacher_weights="random")
-    save_checkpoint(ckpt, STPM(config), {"image_threshold": 0.5})
+    from stpm_edge.calibration import calibrate_manual  # a complete, checked calibration
+
+    save_checkpoint(ckpt, STPM(config), calibrate_manual(0.5))
     model = stpm_test_double(tmp_path / "double.onnx", size=SIZE * 2)
     out = tmp_path / "r"
     argv = [str(model), "--torch-baseline", str(ckpt), "--iters", "2", "--warmup", "1",
