@@ -160,3 +160,17 @@ def test_manual_checkpoint_is_kept_by_export(labelled_ckpt: Path, tmp_path: Path
     torch.save(payload, ckpt)
     cal = _graph_calibration(_export(ckpt, tmp_path / "m.onnx"))
     assert cal["source"] == "manual" and cal["image_threshold"] == 0.05
+
+
+def test_validation_frames_are_ok_without_regions(exported_onnx: Path, best_ckpt: Path) -> None:
+    """The val_good pixel threshold bounds the validation maps' peaks: with the default top-k
+    score it lies above the image threshold (a top-k mean is below the map's peak; the old rule
+    pixel = image threshold fails here), and no validation frame shows even a 1-pixel region."""
+    payload = load_checkpoint(best_ckpt)
+    assert payload["config"]["score_reduction"] == "topk"
+    frames = [image.decode_bgr(p) for p in payload["val_paths"]]
+    with AnomalyDetector(exported_onnx, backend="ort-cpu", threads=1, min_region_area=1) as det:
+        assert det.info.pixel_threshold > det.info.image_threshold
+        preds = det.predict(frames, regions=True)
+    assert [p.verdict for p in preds] == ["OK"] * len(frames)
+    assert [p.regions for p in preds] == [[]] * len(frames)
