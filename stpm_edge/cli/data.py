@@ -1,6 +1,7 @@
-"""``stpm-data``: build the offline demo dataset, or check a dataset folder.
+"""``stpm-data``: build the offline demo or benchmark dataset, or check a dataset folder.
 
     stpm-data demo  --out DIR [--categories brick,grass,gravel] [--seed 0] [--force] ...
+    stpm-data bench --out DIR [--categories brick,...,label] [--seed 0] [--force] ...
     stpm-data check --data ROOT [--category CAT] [--skip-bad]
 
 ``check`` decodes every image and mask of an MVTec-layout category (or of a plain image folder
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="stpm-data",
-        description="Build the demo dataset or check a dataset folder.",
+        description="Build the demo or benchmark dataset, or check a dataset folder.",
         formatter_class=fmt,
     )
     add_logging_args(parser)
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     add_force_args(demo)  # replaces only the demo's own category folders and README
 
+    _add_bench_parser(sub)
+
     check = sub.add_parser(
         "check",
         formatter_class=fmt,
@@ -90,6 +93,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="report bad samples as warnings and count them instead of failing",
     )
     return parser
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    from stpm_edge.data.bench import CATEGORIES
+
+    bench = sub.add_parser(
+        "bench",
+        formatter_class=HelpFormatter,
+        help="write the benchmark dataset (photo textures + rendered parts, harder defects)",
+        description="Write the MVTec-AD-layout benchmark used to choose training recipes: photo "
+        "textures and rendered parts in random pose and light, thin/faint/geometric defects with "
+        "exact masks. Same arguments -> byte-identical files.",
+    )
+    bench.add_argument(
+        "--out", required=True, metavar="DIR", help="dataset root to create (absent or empty)"
+    )
+    bench.add_argument(
+        "--categories",
+        type=_csv,
+        default=",".join(CATEGORIES),
+        metavar="LIST",
+        help=f"comma-separated categories, from {','.join(CATEGORIES)}",
+    )
+    bench.add_argument("--n-train", type=int, default=80, help="good training images per category")
+    bench.add_argument("--n-test-good", type=int, default=50, help="good test images per category")
+    bench.add_argument(
+        "--n-test-defect",
+        type=int,
+        default=50,
+        help="defective test images per category, spread over its defect types",
+    )
+    bench.add_argument("--image-size", type=int, default=256, help="side of the square images (px)")
+    bench.add_argument("--seed", type=int, default=0, help="random seed")
+    add_force_args(bench)  # replaces only the benchmark's own category folders and README
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from stpm_edge.data.bench import build_bench_dataset
+
+    start = time.perf_counter()
+    out = build_bench_dataset(
+        args.out,
+        categories=args.categories,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_defect=args.n_test_defect,
+        image_size=args.image_size,
+        seed=args.seed,
+        force=bool(args.force),
+    )
+    print(f"benchmark dataset written to {out} in {time.perf_counter() - start:.1f} s")
+    print(f"categories: {', '.join(args.categories)} (train with --data {out} --category NAME)")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -127,9 +183,8 @@ def _run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``stpm-data``; returns the exit code."""
-    return run_cli(
-        lambda a: _run_demo(a) if a.command == "demo" else _run_check(a), build_parser, argv
-    )
+    commands = {"demo": _run_demo, "bench": _run_bench, "check": _run_check}
+    return run_cli(lambda a: commands[a.command](a), build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Data layer: image I/O, dataset sources (MVTec AD layout, plain folders) and the demo builder.
+"""Data layer: image I/O, dataset sources (MVTec AD layout, plain folders), demo and benchmark builders.
 
 Import the torch dataset from ``stpm_edge.data.torch_dataset``: this package itself does not
 import torch, so listing or checking a dataset stays light.
 """
 
+from stpm_edge.data.bench import build_bench_dataset
 from stpm_edge.data.demo import DEFECT_TYPES, TEXTURES, build_demo_dataset
 from stpm_edge.data.io import IMAGE_SUFFIXES, list_images, read_image, read_mask
 from stpm_edge.data.mvtec import (
@@ -21,6 +22,7 @@ __all__ = [
     "ImageFolderSource",
     "MVTecCategory",
     "Sample",
+    "build_bench_dataset",
     "build_demo_dataset",
     "list_images",
     "load_training_source",
