@@ -1,5 +1,8 @@
 """Evaluation on a labelled MVTec-layout test set: metrics, per-image CSV, overlays and curves.
 
+``metrics.json`` holds the metrics of all test images and, under ``per_defect_type``, those of
+the good images against each defect type alone; ``per_defect_type.md`` is the same as a table.
+
 The same code evaluates the PyTorch model and any exported graph: a *predictor* maps a batch of
 resized uint8 RGB images (B, S, S, 3) to (anomaly maps (B, S, S) float32, scores (B,) float32).
 Metrics are computed at the model's resolution (masks resized with nearest neighbour).
@@ -96,10 +99,39 @@ def write_report(pred: Predictions, calibration: dict, out: Path, max_overlays: 
     metrics["image_threshold"] = float(calibration["image_threshold"])
     metrics["calibration_source"] = calibration.get("source", "unknown")
     metrics["accuracy_at_threshold"] = float(np.mean((verdicts == "NG") == (labels == 1)))
+    metrics["per_defect_type"] = per_type_metrics(pred)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "per_defect_type.md").write_text(per_type_table(metrics))
     _write_csv(out / "predictions.csv", pred, normalized, verdicts)
     _write_plots(pred, calibration, out, metrics, max_overlays)
     return metrics
+
+
+def per_type_metrics(pred: Predictions) -> dict[str, dict]:
+    """Good test images against each defect type alone (image AUROC, pixel AUROC, AUPRO)."""
+    from stpm_edge.metrics import per_defect_type_metrics, to_json_dict
+
+    types = [s.defect_type for s in pred.samples]
+    rows = per_defect_type_metrics(pred.labels, pred.scores, types, pred.masks, pred.maps)
+    return {name: to_json_dict(row) for name, row in rows.items()}
+
+
+def per_type_table(metrics: dict) -> str:
+    """Markdown table of ``metrics``: all defects, then one row per defect type (good vs it)."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  None = undefined (NaN)
+    lines = [
+        "| defect type | good + defective images | image AUROC | pixel AUROC | AUPRO |",
+        "|---|---|---|---|---|",
+    ]
+    n_bad = metrics.get("num_defective", 0)
+    rows = [("all", metrics.get("num_images", 0) - n_bad, n_bad, metrics)]
+    rows += [
+        (t, r["num_good"], r["num_defective"], r) for t, r in metrics["per_defect_type"].items()
+    ]
+    for name, good, bad, r in rows:
+        cells = [fmt(r.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro")]
+        lines.append(f"| {name} | {good} + {bad} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write_csv(path: Path, pred: Predictions, normalized: np.ndarray, verdicts: np.ndarray) -> None:

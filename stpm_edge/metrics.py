@@ -40,6 +40,7 @@ __all__ = [
     "auroc",
     "f1_max",
     "image_and_pixel_metrics",
+    "per_defect_type_metrics",
     "pro_curve",
     "roc_curve",
     "to_json_dict",
@@ -433,6 +434,43 @@ def image_and_pixel_metrics(
     out["pixel_f1_max"] = pixel["pixel_f1_max"]
     out["pixel_f1_threshold"] = pixel["pixel_f1_threshold"]
     out["num_images"], out["num_defective"] = int(s.size), int(y.sum())
+    return out
+
+
+def per_defect_type_metrics(
+    labels: Any,
+    scores: Any,
+    defect_types: Any,
+    masks: Any | None = None,
+    maps: Any | None = None,
+    fpr_limit: float = 0.3,
+) -> dict[str, dict[str, float | int]]:
+    """The good images against each defect type alone: which kinds of defect a model misses.
+
+    Args:
+        labels, scores, masks, maps, fpr_limit: as :func:`image_and_pixel_metrics`.
+        defect_types: (N,) the defect type name of each image (any name for good images).
+
+    Returns:
+        ``{type: {"image_auroc", "pixel_auroc", "aupro", "num_good", "num_defective"}}`` for each
+        type of the defective images, sorted by name; every number is computed on the good
+        images plus that type's images only (pixel numbers NaN when masks/maps are None).
+    """
+    s = _as_scores(scores, "scores")
+    y = _as_labels(labels, s.size, "labels")
+    types = np.asarray(defect_types, dtype=object).reshape(-1)
+    if types.size != s.size:
+        raise DataError(note(f"{types.size} defect types for {s.size} scores", "one per image"))
+    out: dict[str, dict[str, float | int]] = {}
+    for name in sorted(set(types[y == 1].tolist())):
+        keep = (y == 0) | ((y == 1) & (types == name))
+        row: dict[str, float | int] = {"image_auroc": auroc(y[keep], s[keep])}
+        pixel = dict.fromkeys(_PIXEL_KEYS, math.nan)
+        if masks is not None and maps is not None:
+            pixel = _pixel_metrics(np.asarray(masks)[keep], np.asarray(maps)[keep], fpr_limit)
+        row["pixel_auroc"], row["aupro"] = pixel["pixel_auroc"], pixel["aupro"]
+        row["num_good"], row["num_defective"] = int((y[keep] == 0).sum()), int(y[keep].sum())
+        out[name] = row
     return out
 
 

@@ -42,6 +42,22 @@ def test_metrics_json(eval_dir: Path) -> None:
     assert 0.0 <= metrics["accuracy_at_threshold"] <= 1.0
 
 
+def test_per_defect_type_table(eval_dir: Path) -> None:
+    """Each defect type of the test split is scored against the good images alone, in
+    metrics.json and as a table (the demo brick split: 4 good + 2 of each of 4 types)."""
+    from stpm_edge.data.demo import DEFECT_TYPES
+
+    per_type = json.loads((eval_dir / "metrics.json").read_text())["per_defect_type"]
+    assert sorted(per_type) == sorted(DEFECT_TYPES)
+    for row in per_type.values():
+        assert (row["num_good"], row["num_defective"]) == (4, 2)
+        for key in ("image_auroc", "pixel_auroc", "aupro"):
+            assert 0.0 <= row[key] <= 1.0, row
+    table = (eval_dir / "per_defect_type.md").read_text().splitlines()
+    assert table[0].startswith("| defect type |") and table[2].startswith("| all | 4 + 8 |")
+    assert [line.split(" | ")[0][2:] for line in table[3:]] == sorted(DEFECT_TYPES)
+
+
 def test_plots_are_drawn(eval_dir: Path) -> None:
     # what is drawn where is tests/test_plots.py's job; here: the report's figures decode, have
     # the plot functions' sizes and are not blank

@@ -298,3 +298,29 @@ def test_image_and_pixel_metrics_count_mismatch() -> None:
     labels, scores, masks, maps = _synthetic_split(2)
     with pytest.raises(DataError, match="7 masks for 8 image scores"):
         metrics.image_and_pixel_metrics(labels, scores, masks[:7], maps[:7])
+
+
+def test_per_defect_type_metrics_use_good_images_and_one_type_only() -> None:
+    """A type the model sees perfectly scores 1.0 although another type is missed: the numbers
+    are computed on the good images plus that type, each against scikit-learn / brute force."""
+    labels, scores, masks, maps = _synthetic_split(3)
+    types = np.array(["good"] * 8, dtype=object)
+    bad = np.flatnonzero(labels)
+    types[bad[::2]], types[bad[1::2]] = "stain", "scratch"
+    scores = scores.copy()
+    scores[types == "stain"] = scores.max() + 1.0  # seen: above every good image
+    scores[types == "scratch"] = scores[labels == 0].min() - 1.0  # missed: below every good one
+    rows = metrics.per_defect_type_metrics(labels, scores, types, masks, maps)
+    assert list(rows) == ["scratch", "stain"]
+    assert rows["stain"]["image_auroc"] == 1.0 and rows["scratch"]["image_auroc"] == 0.0
+    for name, row in rows.items():
+        keep = (labels == 0) | (types == name)
+        assert row["num_good"] == int((labels == 0).sum())
+        assert row["num_defective"] == int((types == name).sum())
+        ref = roc_auc_score(masks[keep].ravel(), maps[keep].ravel())
+        assert row["pixel_auroc"] == pytest.approx(ref)
+        assert row["aupro"] == pytest.approx(_aupro_brute(masks[keep], maps[keep][:, 0], 0.3))
+    no_maps = metrics.per_defect_type_metrics(labels, scores, types)
+    assert math.isnan(no_maps["stain"]["pixel_auroc"]) and no_maps["stain"]["image_auroc"] == 1.0
+    with pytest.raises(DataError, match="7 defect types for 8 scores"):
+        metrics.per_defect_type_metrics(labels, scores, types[:7])

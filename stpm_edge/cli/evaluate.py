@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from stpm_edge.errors import OutputExistsError, note
-    from stpm_edge.evaluate import EvalOptions, evaluate_checkpoint
+    from stpm_edge.evaluate import EvalOptions, evaluate_checkpoint, per_type_table
     from stpm_edge.outputs import prepare_output_dir
 
     if args.save_calibrated is not None and args.save_calibrated.exists():
@@ -88,7 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.category, args.out, options)
     keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "accuracy_at_threshold")
     print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
-    print(f"wrote {args.out}/metrics.json")
+    print(per_type_table(metrics), end="")
+    print(f"wrote {args.out}/metrics.json and per_defect_type.md")
     return 0
 
 
