@@ -159,3 +159,19 @@ def test_cli_bench_then_check(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "x"), "--categories", "wood"]) == 2
     err = capsys.readouterr().err
     assert "unknown benchmark category" in err and "Note:" in err
+
+
+def test_texture_test_crops_never_repeat_training_pixels(monkeypatch):
+    """On a photo whose training columns are dark, test columns bright and the rest mid-gray,
+    training shots are all dark and test shots all bright (jitter moves levels by ~15 % at most)."""
+    from stpm_edge.data.synth import textures
+
+    photo = np.full((512, 512), 0.5, np.float32)
+    photo[:, textures.TRAIN_COLS[0] : textures.TRAIN_COLS[1]] = 0.25
+    photo[:, textures.TEST_COLS[0] : textures.TEST_COLS[1]] = 0.75
+    monkeypatch.setattr(textures, "photo", lambda name: photo)
+    green = 255.0  # grass's tint keeps the green channel
+    for split, low, high in (("train", 0.18, 0.32), ("test", 0.6, 0.9)):
+        for i in range(12):
+            level = shoot("grass", split, image_rng(0, "grass", split, i), 64).image[..., 1] / green
+            assert low <= level.min() and level.max() <= high, (split, i, level.min(), level.max())
