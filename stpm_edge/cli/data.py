@@ -121,7 +121,7 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--n-test-defect",
         type=int,
-        default=50,
+        default=60,
         help="defective test images per category, spread over its defect types",
     )
     bench.add_argument("--image-size", type=int, default=256, help="side of the square images (px)")

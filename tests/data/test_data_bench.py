@@ -13,6 +13,7 @@ from stpm_edge.data.bench import CATEGORIES, build_bench_dataset, shoot
 from stpm_edge.data.io import read_image, read_mask
 from stpm_edge.data.mvtec import MVTecCategory
 from stpm_edge.data.synth.common import MASK_TOL, image_rng
+from stpm_edge.data.synth.defects import SURFACE_DEFECTS
 from stpm_edge.errors import ConfigError, OutputExistsError
 
 SIZE = 128
@@ -59,7 +60,8 @@ def test_categories_cover_the_defect_families():
     """Photo textures and parts; thin, faint, geometric and foreign-matter defects all present."""
     assert {"brick", "grass", "gravel", "gear", "washer", "pcb", "label"} <= set(CATEGORIES)
     families = {t for types in CATEGORIES.values() for t in types}
-    assert {"scratch", "stain", "crack", "contamination", "missing", "extra"} <= families
+    assert {"scratch", "stain_colour", "stain_intensity", "crack", "contamination"} <= families
+    assert {"missing", "extra"} <= families
     assert {"deformation", "misplaced", "misprint"} <= families
     assert all(len(types) >= 4 for types in CATEGORIES.values())
 
@@ -78,11 +80,11 @@ def test_masks_are_exactly_the_changed_pixels(bench_roots, category):
             change = np.abs(image.astype(int) - shot.image.astype(int)).max(axis=2)
             np.testing.assert_array_equal(change > 0, mask, err_msg=f"{defect} {i}")
             assert mask.sum() >= 6 and change[mask].min() >= MASK_TOL
-            if defect in ("scratch", "stain", "crack", "contamination"):
+            if defect in SURFACE_DEFECTS:
                 assert not (mask & ~shot.region).any(), f"{defect} {i} leaves the surface"
             faint.append((defect, i, change[mask].mean()))
-    # The benchmark is meant to be hard: the faint stain changes pixels by less than 20 levels.
-    assert min(c for d, i, c in faint if d == "stain" and i == 0) < 20
+    # The benchmark is meant to be hard: a faint stain changes pixels by less than 20 levels.
+    assert max(c for d, i, c in faint if d.startswith("stain") and i == 0) < 20
 
 
 def test_deterministic_bytes_and_prefix(bench_roots, tmp_path):
@@ -175,3 +177,20 @@ def test_texture_test_crops_never_repeat_training_pixels(monkeypatch):
         for i in range(12):
             level = shoot("grass", split, image_rng(0, "grass", split, i), 64).image[..., 1] / green
             assert low <= level.min() and level.max() <= high, (split, i, level.min(), level.max())
+
+
+def test_stains_change_only_colour_or_only_intensity(bench_roots):
+    """Inside an intensity stain every channel is scaled alike (a grey-level change only); inside
+    a colour stain the channels move apart while the mean level about stays."""
+    root = bench_roots["grass"] / "grass"
+    for i in range(2):
+        ratios = {}
+        for defect in ("stain_intensity", "stain_colour"):
+            shot = shoot("grass", "test", image_rng(3, "grass", f"test/{defect}", i), SIZE)
+            image = read_image(root / "test" / defect / f"{i:03d}.png").astype(float)
+            mask = read_mask(root / "ground_truth" / defect / f"{i:03d}_mask.png")
+            clean = shot.image.astype(float)
+            ratios[defect] = image[mask].sum(axis=0) / clean[mask].sum(axis=0)  # per channel
+        intensity, colour = ratios["stain_intensity"], ratios["stain_colour"]
+        assert np.ptp(intensity) < 0.01 and abs(intensity.mean() - 1.0) > 0.03, intensity
+        assert np.ptp(colour) > 0.03 and abs(colour.mean() - 1.0) < 0.5 * np.ptp(colour), colour

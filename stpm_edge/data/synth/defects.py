@@ -4,12 +4,14 @@ Every drawer returns ``(alpha float32 (S, S) in [0, 1], target float32 (S, S, 3)
 blends with ``common.composite`` so the mask is exactly the set of changed pixels. ``region``
 (``bool (S, S)``) limits where a defect may lie: the whole frame for textures, the part's visible
 surface for rendered parts. ``large`` picks the large/strong variant; the small one is meant to be
-hard: a 1-px scratch that changes a pixel by ~10-30 grey levels, a stain that shifts intensity or
-colour by 5-9 %, a handful of sub-3-px particles.
+hard: a 1-px scratch that changes a pixel by ~10-30 grey levels, a stain that shifts colour by
+5-9 % or intensity by 8-12 %, a handful of sub-3-px particles.
 
 - ``scratch``: thin smooth polyline, brighter or darker than the surface (relative change).
-- ``stain``: soft-edged blob that only multiplies intensity (``gain``) or colour (per-channel
-  gains of about equal luminance): the texture underneath stays, only its level changes.
+- ``stain_colour``: soft-edged blob that only moves the colour (per-channel gains of about equal
+  luminance; 5-9 %, large 10-20 %): the texture underneath stays.
+- ``stain_intensity``: the same blob scaling all channels alike (8-12 %, large 15-25 %, darker
+  or brighter): only the intensity changes, which channel-normalised features cannot see.
 - ``crack``: jagged dark random-walk line, 1-2 px, sometimes with a branch.
 - ``contamination``: a cluster of small dark/bright/coloured particles, or a thin fibre.
 """
@@ -26,7 +28,13 @@ from stpm_edge.data.synth.common import blob, composite, mean_change
 MAX_ATTEMPTS = 60
 MIN_AREA_PX = 6
 # Mean change over the mask (grey levels) a drawn defect must reach to count as visible.
-MIN_CHANGE = {"scratch": 8.0, "stain": 4.0, "crack": 20.0, "contamination": 20.0}
+MIN_CHANGE = {
+    "scratch": 8.0,
+    "stain_colour": 4.0,
+    "stain_intensity": 6.0,
+    "crack": 20.0,
+    "contamination": 20.0,
+}
 
 Drawer = Callable[[np.ndarray, np.ndarray, np.random.Generator, bool], tuple]
 
@@ -75,19 +83,31 @@ def scratch(clean: np.ndarray, region: np.ndarray, rng: np.random.Generator, lar
     return alpha, np.clip(clean.astype(np.float32) + delta, 0, 255)
 
 
-def stain(clean: np.ndarray, region: np.ndarray, rng: np.random.Generator, large: bool):
-    size = clean.shape[0]
+def _stain_alpha(region: np.ndarray, rng: np.random.Generator, large: bool) -> np.ndarray:
+    """Soft-edged irregular blob in [0, 1] limited to ``region``: ``float32 (S, S)``."""
+    size = region.shape[0]
     radius = size * (rng.uniform(0.08, 0.14) if large else rng.uniform(0.04, 0.07))
     support = blob(rng, size, radius).astype(np.float32)
-    alpha = cv2.GaussianBlur(support, (0, 0), radius * 0.35) * region
+    return (cv2.GaussianBlur(support, (0, 0), radius * 0.35) * region).astype(np.float32)
+
+
+def stain_colour(clean: np.ndarray, region: np.ndarray, rng: np.random.Generator, large: bool):
+    """One channel up by ``shift``, the other two down by half of it: the hue moves, the
+    luminance about stays, the texture underneath stays."""
+    alpha = _stain_alpha(region, rng, large)
     shift = rng.uniform(0.10, 0.2) if large else rng.uniform(0.05, 0.09)
-    if rng.random() < 0.5:  # intensity only
-        gains = np.full(3, 1.0 + shift * rng.choice([-1.0, 1.0]), np.float32)
-    else:  # colour only: one channel up, the others down, luminance about kept
-        gains = np.full(3, 1.0 - shift / 2, np.float32)
-        gains[int(rng.integers(3))] = 1.0 + shift
-    target = clean.astype(np.float32) * gains
-    return alpha.astype(np.float32), np.clip(target, 0, 255)
+    gains = np.full(3, 1.0 - shift / 2, np.float32)
+    gains[int(rng.integers(3))] = 1.0 + shift
+    return alpha, np.clip(clean.astype(np.float32) * gains, 0, 255)
+
+
+def stain_intensity(clean: np.ndarray, region: np.ndarray, rng: np.random.Generator, large: bool):
+    """All channels scaled by the same gain (darker or brighter): only the intensity changes,
+    which channel-normalised features cannot see."""
+    alpha = _stain_alpha(region, rng, large)
+    shift = rng.uniform(0.15, 0.25) if large else rng.uniform(0.08, 0.12)
+    gain = 1.0 + shift * rng.choice([-1.0, 1.0])
+    return alpha, np.clip(clean.astype(np.float32) * gain, 0, 255)
 
 
 def crack(clean: np.ndarray, region: np.ndarray, rng: np.random.Generator, large: bool):
@@ -128,7 +148,8 @@ def contamination(clean: np.ndarray, region: np.ndarray, rng: np.random.Generato
 
 SURFACE_DEFECTS: dict[str, Drawer] = {
     "scratch": scratch,
-    "stain": stain,
+    "stain_colour": stain_colour,
+    "stain_intensity": stain_intensity,
     "crack": crack,
     "contamination": contamination,
 }

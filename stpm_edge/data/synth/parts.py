@@ -479,7 +479,7 @@ PARTS: dict[str, Part] = {
         _gear_draw,
         180.0,
         {"missing": _gear_missing, "deformation": _gear_deformation},
-        ("scratch", "stain", "contamination"),
+        ("scratch", "stain_colour", "stain_intensity", "contamination"),
     ),
     "washer": Part(
         "washer",
@@ -487,7 +487,7 @@ PARTS: dict[str, Part] = {
         _washer_draw,
         180.0,
         {"missing": _washer_missing, "deformation": _washer_deformation},
-        ("crack", "stain", "scratch"),
+        ("crack", "stain_colour", "stain_intensity", "scratch"),
     ),
     "pcb": Part(
         "pcb",
@@ -495,7 +495,7 @@ PARTS: dict[str, Part] = {
         _pcb_draw,
         3.0,
         {"missing": _pcb_missing, "extra": _pcb_extra, "misplaced": _pcb_misplaced},
-        ("stain", "contamination"),
+        ("stain_colour", "stain_intensity", "contamination"),
     ),
     "label": Part(
         "label",
@@ -503,6 +503,6 @@ PARTS: dict[str, Part] = {
         _label_draw,
         4.0,
         {"missing": _label_missing, "misprint": _label_misprint},
-        ("stain", "scratch", "contamination"),
+        ("stain_colour", "stain_intensity", "scratch", "contamination"),
     ),
 }
