@@ -149,6 +149,50 @@ def to_bgr(frame: np.ndarray, name: str = "frame") -> np.ndarray:
     raise DataError(note(f"{name} with {channels} channels", "expected 1, 2, 3 or 4 channels"))
 
 
+def bits_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned ``bits``-bit samples (LSB-aligned, e.g. a Mono12 camera buffer) -> uint8 by the
+    16-bit rule generalised: full scale to full scale, ``round(v * 255 / (2**bits - 1))``
+    (bits=16 is exactly ``round(v / 257)``; bits=8 is the identity)."""
+    if not 8 <= bits <= 16:
+        raise DataError(note(f"{bits}-bit samples", "expected 8 to 16 bits per sample"))
+    full = (1 << bits) - 1
+    wide = np.minimum(array.astype(np.uint32), full)  # stray high bits must not wrap around
+    return ((wide * 255 + full // 2) // full).astype(np.uint8)
+
+
+# GenICam pixel format (PFNC name or Basler's "...Packed" alias) -> (bits per sample, channel
+# order of the buffer); the buffer arrives as (H, W) or (H, W, C) samples, LSB-aligned.
+PIXEL_FORMATS: dict[str, tuple[int, str]] = {
+    "Mono8": (8, "GRAY"),
+    "Mono10": (10, "GRAY"),
+    "Mono12": (12, "GRAY"),
+    "Mono16": (16, "GRAY"),
+    "BGR8": (8, "BGR"),
+    "BGR8Packed": (8, "BGR"),
+    "RGB8": (8, "RGB"),
+    "RGB8Packed": (8, "RGB"),
+    "BGRa8": (8, "BGRA"),
+    "BGRA8Packed": (8, "BGRA"),
+}
+
+
+def camera_to_bgr(buffer: np.ndarray, pixel_format: str) -> np.ndarray:
+    """A machine-vision camera buffer in ``pixel_format`` -> uint8 BGR (H, W, 3) by the one rule
+    (:func:`bits_to_uint8` for deeper samples, gray -> 3 equal channels as for files)."""
+    if pixel_format not in PIXEL_FORMATS:
+        raise DataError(
+            note(
+                f"camera pixel format {pixel_format} is not supported",
+                f"set the camera's pixel_format to one of {sorted(PIXEL_FORMATS)}",
+            )
+        )
+    bits, order = PIXEL_FORMATS[pixel_format]
+    array = buffer if bits == 8 and buffer.dtype == np.uint8 else bits_to_uint8(buffer, bits)
+    if order == "RGB":
+        array = swap_rb(array)
+    return to_bgr(array, f"{pixel_format} frame")
+
+
 def swap_rb(image: np.ndarray) -> np.ndarray:
     """BGR <-> RGB on the last axis (one image or a batch), C-contiguous."""
     return np.ascontiguousarray(image[..., ::-1])

@@ -7,6 +7,8 @@ One job per module:
 - :mod:`.queue`    the bounded frame queue (live: drop oldest; files: block)
 - :mod:`.loop`     :class:`InspectionLoop`: capture thread, micro-batched inference, reconnects,
   stats
+- :mod:`.genicam`  machine-vision cameras: settings, triggers, pixel formats, lost frames;
+  :mod:`.pylon` serves ``pylon://`` (Basler, pypylon)
 - :mod:`.sinks`    JSONL log, saved NG frames, display window
 - :mod:`.triggers` NG actions: a command, an HTTP POST
 - :mod:`.config`   parsed flags -> :class:`LoopOptions`
@@ -18,6 +20,8 @@ In-process use::
     stats = loop.run()
 """
 
+# registers pylon:// (pypylon itself is imported only when such a camera opens)
+from . import pylon as _pylon  # noqa: F401
 from .cli import build_parser, main
 from .loop import InspectionLoop, LoopOptions, LoopStats
 from .queue import Frame, FrameQueue
