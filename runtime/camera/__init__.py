@@ -11,6 +11,9 @@ One job per module:
   :mod:`.pylon` serves ``pylon://`` (Basler, pypylon)
 - :mod:`.sinks`    JSONL log, saved NG frames, display window
 - :mod:`.triggers` NG actions: a command, an HTTP POST
+- :mod:`.observers` :class:`LoopObserver`: what else watches the loop (metrics, an operator page)
+- :mod:`.station`  several cameras in one process, micro-batched per shared model (``--station``)
+- :mod:`.monitor`  Prometheus metrics (``--metrics-port``) and the OK-score drift alarm
 - :mod:`.config`   parsed flags -> :class:`LoopOptions`
 - :mod:`.cli`      the ``stpm-camera`` command (shared argument groups and error handling)
 
@@ -24,6 +27,8 @@ In-process use::
 from . import pylon as _pylon  # noqa: F401
 from .cli import build_parser, main
 from .loop import InspectionLoop, LoopOptions, LoopStats
+from .monitor import DriftMonitor, Metrics
+from .observers import LoopObserver
 from .queue import Frame, FrameQueue
 from .sinks import Display, JsonlLog, NgSaver
 from .sources import (
@@ -36,26 +41,33 @@ from .sources import (
     open_source,
     register_source,
 )
+from .station import CameraConfig, Station, load_station
 from .triggers import CommandTrigger, UrlTrigger
 
 __all__ = [
+    "CameraConfig",
     "CommandTrigger",
     "Display",
+    "DriftMonitor",
     "FolderFrameSource",
     "Frame",
     "FrameQueue",
     "FrameSource",
     "InspectionLoop",
     "JsonlLog",
+    "LoopObserver",
     "LoopOptions",
     "LoopStats",
+    "Metrics",
     "NgSaver",
     "SkipFrame",
     "SourceError",
     "SourceFrame",
+    "Station",
     "UrlTrigger",
     "VideoCaptureSource",
     "build_parser",
+    "load_station",
     "main",
     "open_source",
     "register_source",

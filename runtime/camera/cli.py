@@ -14,6 +14,8 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from stpm_edge.cli.args import (
     add_backend_args,
@@ -27,8 +29,10 @@ from stpm_edge.errors import note
 
 from .config import check_required, loop_options
 from .loop import InspectionLoop, LoopStats
+from .monitor import attach_monitoring
 from .sinks import prepare_outputs
 from .sources import SourceError, open_source
+from .station import Station, StationResources, build_station, load_station
 
 DESCRIPTION = """Inspect frames from a camera, stream, video or image folder with an exported STPM
 model; log one JSON line per frame (plus "event" lines) and act on NG frames.
@@ -37,6 +41,7 @@ examples:
   stpm-camera --model brick.onnx --source 0 --log run.jsonl --save-ng ng/
   stpm-camera --model brick.onnx --source parts/ --log parts.jsonl
   stpm-camera --config station.yaml --max-frames 100
+  stpm-camera --station cameras.yaml --model brick.onnx --log station.jsonl --metrics-port 9100
 """
 
 
@@ -51,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         help="camera index (0), rtsp/http URL, video file, image folder or glob, or a GStreamer "
         "pipeline ending in appsink (contains '!'); required",
+    )
+    s.add_argument(
+        "--station",
+        metavar="FILE.yaml",
+        help="several cameras in one process: a YAML file with a `cameras:` list (each: name, "
+        "source, model, roi, save_ng, log, trigger_cmd, ...); replaces --source",
     )
     s.add_argument("--roi", help="fixed crop x,y,w,h in frame pixels, applied before resizing")
     s.add_argument(
@@ -76,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_backend_args(p)
     add_batch_args(p)
+    p.add_argument_group("backend").add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=10.0,
+        help="--station: how long a batch waits for frames of other cameras after its first",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--max-frames", type=int, help="stop after this many processed frames")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -95,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--trigger-cmd", help="command run on every NG frame (no shell; record in $STPM_EVENT)"
     )
     o.add_argument("--trigger-url", help="URL that receives an HTTP POST of each NG record (JSON)")
+    m = p.add_argument_group("monitoring")
+    m.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (needs prometheus-client)",
+    )
+    m.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics bind to")
     add_logging_args(p)
     return p
 
@@ -108,7 +133,7 @@ def _preflight(spec: str) -> None:
         probe.close()
 
 
-def _run_with_signals(loop: InspectionLoop) -> LoopStats:
+def _run_with_signals(loop: InspectionLoop | Station) -> Any:
     """Run the loop; SIGINT/SIGTERM finish the current batch, flush the log and stop."""
     previous = {
         sig: signal.signal(sig, lambda signum, _frame: loop.stop(signal.Signals(signum).name))
@@ -144,6 +169,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)  # fmt: skip
     check_required(args)
+    if args.station:
+        return _run_station(args)
     source = str(args.source)
     _preflight(source)
     options = loop_options(args)
@@ -154,9 +181,41 @@ def _run(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, threads=args.threads, roi=args.roi
     ) as det:
         loop = InspectionLoop(det, lambda: open_source(source), options)
-        stats = _run_with_signals(loop)
+        metrics = attach_monitoring(
+            {loop.camera: loop}, {loop.camera: Path(args.model).name}, args.metrics_port,
+            args.metrics_host,
+        )  # fmt: skip
+        try:
+            stats = _run_with_signals(loop)
+        finally:
+            if metrics is not None:
+                metrics.close()
     print(json.dumps({"final_stats": stats.summary()}), file=sys.stderr)
     _check_outcome(stats, source)
+    return 0
+
+
+def _run_station(args: argparse.Namespace) -> int:
+    """``--station``: every camera of the file in this process (see :mod:`.station`)."""
+    cameras = load_station(args.station, args)
+    for camera in cameras:
+        _preflight(camera.source)
+    resources = StationResources()
+    metrics = None
+    try:
+        station = build_station(cameras, args, resources)
+        metrics = attach_monitoring(
+            station.loops, station.models, args.metrics_port, args.metrics_host
+        )
+        stats = _run_with_signals(station)
+    finally:
+        if metrics is not None:
+            metrics.close()
+        resources.close()
+    summary = {name: s.summary() for name, s in stats.items()}
+    print(json.dumps({"final_stats": summary}), file=sys.stderr)
+    for camera in cameras:
+        _check_outcome(stats[camera.name], f"{camera.source} (camera {camera.name})")
     return 0
 
 

@@ -15,7 +15,14 @@ from .loop import LoopOptions
 
 
 def check_required(args: argparse.Namespace) -> None:
-    """``--model`` and ``--source`` may come from the flags or the config file, but must come."""
+    """``--model`` and ``--source`` may come from the flags or the config file, but must come;
+    ``--station`` replaces both (its file names each camera's source and model)."""
+    if getattr(args, "station", None):
+        if args.source is not None:
+            raise ConfigError(
+                note("--source and --station both given", "list every camera in the station file")
+            )
+        return
     if not args.model or args.source is None:
         raise ConfigError(
             note("--model and --source are required", "give them as flags or in --config")

@@ -24,6 +24,7 @@ import numpy as np
 
 from stpm_edge.errors import ConfigError, DataError, note
 
+from .observers import LoopObserver, ObserverList
 from .queue import Frame, FrameQueue, now_iso
 from .sinks import Display, JsonlLog, NgSaver
 from .sources import FrameSource, SkipFrame, SourceError
@@ -52,6 +53,7 @@ class LoopOptions:
     trigger_cmd: str | None = None
     trigger_url: str | None = None
     source_name: str = ""
+    camera: str | None = None  # a station camera's name: then every log line carries "camera"
 
 
 @dataclass
@@ -99,13 +101,23 @@ class InspectionLoop:
             reconnect and every ``--on-end loop`` rewind (tests inject failing sources here),
             and once unopened at start to learn whether the source is live.
         options: the :class:`LoopOptions`.
+        log: a JSONL log shared with other cameras (a station's one file); the caller closes it.
+            Default: the loop's own ``options.log``.
+
+    Observers (:mod:`.observers`) subscribe with :meth:`add_observer`. A station drives several
+    loops itself through :meth:`start`, :meth:`handle_batch` and :meth:`finish` (what :meth:`run`
+    does for one camera).
 
     Raises:
         ConfigError: invalid options, or an output path that cannot be created.
     """
 
     def __init__(
-        self, detector: Any, source_factory: Callable[[], FrameSource], options: LoopOptions
+        self,
+        detector: Any,
+        source_factory: Callable[[], FrameSource],
+        options: LoopOptions,
+        log: JsonlLog | None = None,
     ) -> None:
         if options.on_end not in ("stop", "loop"):
             raise ConfigError(note(f"--on-end {options.on_end!r}", "choose stop or loop"))
@@ -115,15 +127,28 @@ class InspectionLoop:
         self.source_factory = source_factory
         self.options = options
         self.stats = LoopStats()
+        self.camera = options.camera or "cam0"
+        self.observers = ObserverList()
         self._stop = threading.Event()
         self._queue: FrameQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._window = (time.perf_counter(), 0, 0)  # stats line: start time, frames, latencies
         # sinks first: an unwritable --log/--save-ng fails here, before any thread starts
-        self._log = JsonlLog(options.log)
+        self._owns_log = log is None
+        self._log = JsonlLog(options.log) if log is None else log
         self._ng = NgSaver(options.save_ng) if options.save_ng else None
         self._display = Display() if options.display else None
         self._triggers = build_triggers(options.trigger_cmd, options.trigger_url)
 
     # -- control ---------------------------------------------------------------------------------
+    def add_observer(self, observer: LoopObserver) -> None:
+        """Subscribe ``observer`` to this loop's frames and events (see :mod:`.observers`)."""
+        self.observers.add(observer)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self, reason: str = "stop") -> None:
         """Ask the loop to stop after the current batch (safe from signal handlers and threads)."""
         if not self._stop.is_set():
@@ -133,10 +158,17 @@ class InspectionLoop:
     def event(self, name: str, **fields: Any) -> None:
         """Write an event line (``{"event": name, ...}``); frame lines never carry ``event``."""
         record = {"event": name, "timestamp": now_iso(), "source": self.options.source_name}
+        if self.options.camera is not None:
+            record["camera"] = self.options.camera
         record.update(fields)
         self._log.write(record)
         level = logging.INFO if name in ("start", "stop", "end", "loop") else logging.WARNING
-        logger.log(level, "event %s %s", name, dict(fields))
+        logger.log(level, "event %s %s%s", name, self._tag(), dict(fields))
+        self.observers.event(self.camera, record)
+
+    def _tag(self) -> str:
+        """``camera NAME `` in a station's stderr lines, nothing for a single camera."""
+        return f"camera {self.options.camera} " if self.options.camera is not None else ""
 
     # -- capture thread --------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> bool:
@@ -230,6 +262,8 @@ class InspectionLoop:
             "timestamp": frame.timestamp,
             "source": self.options.source_name,
         }
+        if self.options.camera is not None:
+            record["camera"] = self.options.camera
         if frame.origin is not None:
             record["file"] = frame.origin
         record.update(frame.meta)
@@ -260,23 +294,31 @@ class InspectionLoop:
         if ng:
             for trigger in self._triggers:
                 trigger.fire(record)
+        self.observers.frame(self.camera, frame, pred, record)
         if self._display is not None:
             self._display.show(frame, pred)
             if self._display.quit_requested:
                 self.stop("key")
 
-    def _log_stats(self, window: list[float], window_start: float, frames_start: int) -> None:
-        elapsed = max(time.perf_counter() - window_start, 1e-9)
-        fps = (self.stats.frames - frames_start) / elapsed
+    def maybe_log_stats(self) -> None:
+        """Log the stats line (FPS, latency, drops, NG) once every ``stats_every`` seconds."""
+        every = self.options.stats_every
+        window_start, frames_start, index = self._window
+        now = time.perf_counter()
+        if not every or now - window_start < every:
+            return
+        window = self.stats.latencies[index:]
         logger.info(
-            "stats: %.1f FPS, latency p50 %.2f ms p99 %.2f ms, drops %d, NG %d, frames %d",
-            fps,
+            "stats: %s%.1f FPS, latency p50 %.2f ms p99 %.2f ms, drops %d, NG %d, frames %d",
+            self._tag(),
+            (self.stats.frames - frames_start) / max(now - window_start, 1e-9),
             _percentile(window, 50),
             _percentile(window, 99),
             self._drops(),
             self.stats.ng,
             self.stats.frames,
         )
+        self._window = (now, self.stats.frames, len(self.stats.latencies))
 
     def _drops(self) -> int:
         return self._queue.drops if self._queue is not None else 0
@@ -285,51 +327,77 @@ class InspectionLoop:
         try:
             preds = self.detector.predict([f.image for f in frames])
         except DataError as exc:  # an odd frame (format, ROI) must not stop the line
-            self.event("frame_error", frames=[f.id for f in frames], error=str(exc).splitlines()[0])
+            self.frame_error(frames, exc)
             return
+        self.handle_batch(frames, preds)
+
+    def frame_error(self, frames: list[Frame], exc: Exception) -> None:
+        """Log frames the detector refused (``frame_error`` event); the run goes on."""
+        self.event("frame_error", frames=[f.id for f in frames], error=str(exc).splitlines()[0])
+
+    def handle_batch(self, frames: list[Frame], preds: Sequence[Any], batch: int = 0) -> None:
+        """Log, save and signal each frame's result; ``batch``: the size of the model call the
+        frames were part of (a station batches several cameras; default: ``len(frames)``)."""
         for frame, pred in zip(frames, preds, strict=True):
-            self._handle(frame, pred, len(frames))
+            self._handle(frame, pred, batch or len(frames))
+        if self.options.max_frames is not None and self.stats.frames >= self.options.max_frames:
+            self.stop("max_frames")
+
+    def wants(self) -> int:
+        """How many more frames this loop may process (``--max-frames``), capped at the batch."""
+        want = self.options.batch
+        if self.options.max_frames is not None:
+            want = min(want, self.options.max_frames - self.stats.frames)
+        return max(want, 0)
 
     # -- main loop -------------------------------------------------------------------------------
-    def run(self) -> LoopStats:
-        """Process frames until the source ends, a bound is reached or :meth:`stop` is called."""
+    def start(self, notify: threading.Event | None = None) -> FrameQueue:
+        """Write the start event and start the capture thread; returns the frame queue.
+
+        ``notify`` is set whenever a frame is queued (a station waits on one event for all its
+        cameras).
+        """
         opts = self.options
         # one unopened probe tells live (keep newest, count drops) from files (block, keep all)
         drop = bool(self.source_factory().live) or opts.realtime
-        queue = self._queue = FrameQueue(max(2, 2 * opts.batch) if not drop else opts.batch, drop)
+        size = max(2, 2 * opts.batch) if not drop else opts.batch
+        queue = self._queue = FrameQueue(size, drop, notify=notify)
         self.event("start", backend=getattr(self.detector, "name", ""), batch=opts.batch)
-        thread = threading.Thread(
-            target=self._capture, args=(queue,), name="stpm-capture", daemon=True
+        self._thread = threading.Thread(
+            target=self._capture, args=(queue,), name=f"stpm-capture-{self.camera}", daemon=True
         )
+        self._window = (time.perf_counter(), 0, 0)
+        self._thread.start()
+        return queue
+
+    def run(self) -> LoopStats:
+        """Process frames until the source ends, a bound is reached or :meth:`stop` is called."""
+        opts = self.options
+        queue = self.start()
         start = time.perf_counter()
-        window_start, frames_start, window_index = start, 0, 0
-        thread.start()
         try:
             while not self._stop.is_set():
                 if opts.duration is not None and time.perf_counter() - start >= opts.duration:
                     self.stop("duration")
                     break
-                want = opts.batch
-                if opts.max_frames is not None:
-                    want = min(want, opts.max_frames - self.stats.frames)
-                frames = queue.get_batch(want, timeout=0.1)
+                frames = queue.get_batch(self.wants(), timeout=0.1)
                 if not frames:
                     if queue.finished():
                         self.stats.stopped_by = self.stats.stopped_by or "end"
                         break
                     continue
                 self._infer(frames)
-                if opts.max_frames is not None and self.stats.frames >= opts.max_frames:
-                    self.stop("max_frames")
-                if opts.stats_every and time.perf_counter() - window_start >= opts.stats_every:
-                    self._log_stats(self.stats.latencies[window_index:], window_start, frames_start)
-                    window_start, frames_start = time.perf_counter(), self.stats.frames
-                    window_index = len(self.stats.latencies)
+                self.maybe_log_stats()
         finally:
-            self._stop.set()
-            thread.join(timeout=5.0)
-            self._finish(time.perf_counter() - start)
+            self.finish(time.perf_counter() - start)
         return self.stats
+
+    def finish(self, elapsed: float) -> None:
+        """Stop the capture thread, write the final ``stop`` event and close the sinks."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._finish(elapsed)
 
     def _finish(self, elapsed: float) -> None:
         s = self.stats
@@ -343,7 +411,8 @@ class InspectionLoop:
         s.e2e_p50_ms, s.e2e_p99_ms = _percentile(s.e2e, 50), _percentile(s.e2e, 99)
         finite = {k: v for k, v in s.summary().items() if not (isinstance(v, float) and v != v)}
         self.event("stop", **finite)
-        self._log.close()
+        if self._owns_log:
+            self._log.close()
         for trigger in self._triggers:
             trigger.close()
         if self._display is not None:

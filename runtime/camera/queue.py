@@ -35,15 +35,19 @@ class Frame:
 
 class FrameQueue:
     """Bounded queue. ``drop_oldest``: a full put evicts the oldest frame (counted in ``drops``);
-    otherwise a put waits for room (or for ``stop``)."""
+    otherwise a put waits for room (or for ``stop``). ``notify``: an event set on every put and
+    on close, so one consumer can wait for several queues (a station's scheduler)."""
 
-    def __init__(self, maxsize: int, drop_oldest: bool) -> None:
+    def __init__(
+        self, maxsize: int, drop_oldest: bool, notify: threading.Event | None = None
+    ) -> None:
         self._items: collections.deque[Frame] = collections.deque()
         self._cond = threading.Condition()
         self.maxsize = max(1, maxsize)
         self.drop_oldest = drop_oldest
         self.drops = 0
         self.closed = False
+        self._notify = notify
 
     def put(self, item: Frame, stop: threading.Event) -> bool:
         """Queue ``item``; False when ``stop`` was set while waiting for room."""
@@ -58,13 +62,17 @@ class FrameQueue:
                 self._cond.wait(0.05)
             self._items.append(item)
             self._cond.notify_all()
-            return True
+        if self._notify is not None:
+            self._notify.set()
+        return True
 
     def close(self) -> None:
         """No more puts: readers drain what is left, then :meth:`finished` is True."""
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+        if self._notify is not None:
+            self._notify.set()
 
     def get_batch(self, n: int, timeout: float) -> list[Frame]:
         """Up to ``n`` frames, waiting at most ``timeout`` s for the first one."""
