@@ -79,14 +79,15 @@ class Tolerance:
 
 #: Per precision of the model checked. fp32 leaves room for TF32 convolutions (on by default in
 #: cuDNN/TensorRT on Ampere and newer); fp16 is ~10x the 0.94 % of peak measured for the demo
-#: graphs on ORT CPU against fp32; int8 against an fp32 ``--reference`` is bounded loosely (on
-#: real parts a small demo model measured 1-4 % of peak; the demo's image AUROC stays within
-#: 0.006 of fp32) and mostly guards against garbage. Initial values, not yet measured on a GPU: a
-#: real device run may tune them (say so in the bug report).
+#: graphs on ORT CPU against fp32; int8 against an fp32 ``--reference`` is bounded loosely and
+#: guards against garbage (a graph read with the wrong INT8 types is off by far more): the demo's
+#: brick model (20 epochs, 256 px) measured 13-16 % of peak on the map and 6-7 % on the score on
+#: real parts, for both INT8 targets, with every verdict equal. Initial values, not yet measured
+#: on a GPU: a real device run may tune them (say so in the bug report).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(map_rel=5e-3, score_rel=5e-3, verdict_band=0.01),
     "fp16": Tolerance(map_rel=5e-2, score_rel=3e-2, verdict_band=0.02),
-    "int8": Tolerance(map_rel=0.25, score_rel=0.10, verdict_band=0.05),
+    "int8": Tolerance(map_rel=0.35, score_rel=0.15, verdict_band=0.05),
 }
 
 
