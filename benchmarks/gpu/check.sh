@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=${2:?--out needs a folder}; shift 2 ;;
         --force) FORCE=1; shift ;;
         --seconds) SECONDS_PER_CONFIG=${2:?--seconds needs a number}; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0" | cut -c3-; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | cut -c3-; exit 0 ;;
         *) die 2 "unknown argument $1 (see --help)" ;;
     esac
 done
