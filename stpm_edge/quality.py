@@ -1,0 +1,269 @@
+"""Recipe comparison on the benchmark: every category, several seeds, mean +- std.
+
+``run_recipe`` builds the benchmark once per seed (``stpm-data bench --seed N``), trains every
+category with one recipe (``stpm-train`` flags, plus ``--seed N``), evaluates it (``stpm-eval``)
+and records the wall time of each step. ``summarize`` reads one or more such folders and writes
+the table the README's quality section quotes: per category image AUROC, pixel AUROC and AUPRO
+as mean +- sample std over seeds, the weakest defect types (image AUROC of the good images
+against that type, mean over seeds), the training minutes, and a mean row whose spread is the
+seed spread of the category mean (the margin a new recipe has to beat).
+
+Layout of one recipe folder (a re-run skips every step whose output exists)::
+
+    OUT/recipe.json                         the stpm-train flags and the seeds
+    OUT/data/seed<N>/                       the benchmark built with seed N
+    OUT/seed<N>/<category>/train/           stpm-train --seed N --out ...
+    OUT/seed<N>/<category>/eval/            stpm-eval (metrics.json, per_defect_type.md, ...)
+    OUT/seed<N>/<category>/timing.json      {"train_s": ..., "eval_s": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from stpm_edge.errors import ConfigError, DataError, StpmEdgeError, note
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+Command = Callable[[list[str]], int]
+
+
+def _commands() -> dict[str, Command]:
+    from stpm_edge.cli.data import main as data_main
+    from stpm_edge.cli.evaluate import main as eval_main
+    from stpm_edge.cli.train import main as train_main
+
+    return {"data": data_main, "train": train_main, "eval": eval_main}
+
+
+def _call(commands: dict[str, Command], name: str, argv: list[str]) -> float:
+    """Run one stpm command in-process; returns its wall time, raises if it failed."""
+    start = time.perf_counter()
+    code = commands[name](argv)
+    if code != 0:
+        raise StpmEdgeError(note(f"stpm-{name} failed (exit {code})", f"arguments: {argv}"))
+    return time.perf_counter() - start
+
+
+def run_recipe(
+    out: str | Path,
+    seeds: Sequence[int],
+    categories: Sequence[str],
+    train_args: Sequence[str] = (),
+    bench_args: Sequence[str] = (),
+    commands: dict[str, Command] | None = None,
+) -> Path:
+    """Train and evaluate ``categories`` of the benchmark for each seed with one recipe.
+
+    Args:
+        out: the recipe folder (created; finished steps found there are skipped).
+        seeds: benchmark and training seeds (the benchmark built with seed N trains with N).
+        categories: benchmark categories.
+        train_args: extra stpm-train flags (the recipe), e.g. ``["--epochs", "50"]``.
+        bench_args: extra stpm-data bench flags (counts, image size).
+        commands: the stpm commands' ``main`` functions (tests pass fakes).
+    """
+    from stpm_edge.data.bench import CATEGORIES
+
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown or not seeds:
+        raise ConfigError(
+            note(
+                f"nothing to run: categories {unknown or list(categories)}, seeds {list(seeds)}",
+                f"give --seeds and categories from {', '.join(CATEGORIES)}",
+            )
+        )
+    out = Path(out)
+    commands = commands or _commands()
+    recipe = {"train_args": list(train_args), "bench_args": list(bench_args), "seeds": list(seeds)}
+    _check_recipe(out / "recipe.json", recipe)
+    for seed in seeds:
+        data = out / "data" / f"seed{seed}"
+        if not (data / "README.txt").exists():
+            cats = ["--categories", ",".join(categories)]
+            _call(commands, "data", ["bench", "--out", str(data), *cats, "--seed", str(seed),
+                                     "--force", *bench_args])  # fmt: skip
+        for category in categories:
+            _run_category(
+                out / f"seed{seed}" / category, data, category, seed, train_args, commands
+            )
+    return out
+
+
+def _check_recipe(path: Path, recipe: dict) -> None:
+    """Resuming a folder with other flags would mix two recipes in one summary: refuse."""
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if {k: stored.get(k) for k in ("train_args", "bench_args")} != {
+            k: recipe[k] for k in ("train_args", "bench_args")
+        }:
+            raise ConfigError(
+                note(
+                    f"{path.parent} holds another recipe ({stored})",
+                    "choose a new --out for a new recipe",
+                )
+            )
+        recipe = {**recipe, "seeds": sorted(set(stored.get("seeds", [])) | set(recipe["seeds"]))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recipe, indent=2))
+
+
+def _run_category(
+    folder: Path, data: Path, category: str, seed: int, train_args, commands: dict[str, Command]
+) -> None:
+    if (folder / "eval" / "metrics.json").exists() and (folder / "timing.json").exists():
+        logger.info("%s: done, skipped", folder)
+        return
+    timing = {}
+    where = ["--data", str(data), "--category", category]
+    train = ["--out", str(folder / "train"), "--seed", str(seed), "--force", "--no-progress"]
+    timing["train_s"] = _call(commands, "train", [*where, *train, *train_args])
+    ckpt = str(folder / "train" / "best.ckpt")
+    timing["eval_s"] = _call(
+        commands, "eval", [ckpt, *where, "--out", str(folder / "eval"), "--force"]
+    )
+    (folder / "timing.json").write_text(json.dumps(timing, indent=2))
+    logger.info(
+        "%s: trained in %.0f s, evaluated in %.0f s", folder, timing["train_s"], timing["eval_s"]
+    )
+
+
+# -- summary ---------------------------------------------------------------------------------------
+def collect(recipe_dir: str | Path) -> dict[str, dict[int, dict]]:
+    """``{category: {seed: metrics.json + "train_s"}}`` of one recipe folder."""
+    root = Path(recipe_dir)
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(root.glob("seed*/*/eval/metrics.json")):
+        folder = path.parent.parent
+        seed = int(folder.parent.name.removeprefix("seed"))
+        metrics = json.loads(path.read_text())
+        timing = folder / "timing.json"
+        metrics["train_s"] = json.loads(timing.read_text())["train_s"] if timing.exists() else None
+        found.setdefault(folder.name, {})[seed] = metrics
+    if not found:
+        raise DataError(
+            note(f"no results under {root}", "expected seed<N>/<category>/eval/metrics.json")
+        )
+    return found
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample std (NaN std for one value); undefined (None) values are left out."""
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
+
+
+def summarize_recipe(results: dict[str, dict[int, dict]], weakest: int = 3) -> dict:
+    """Per-category and mean numbers of one recipe (see the module docstring)."""
+    rows = {}
+    for category, by_seed in sorted(results.items()):
+        runs = list(by_seed.values())
+        row = {k: _mean_std([m.get(k) for m in runs]) for k in METRICS}
+        types = sorted({t for m in runs for t in m.get("per_defect_type", {})})
+        per_type = {
+            t: _mean_std(
+                [m.get("per_defect_type", {}).get(t, {}).get("image_auroc") for m in runs]
+            )[0]
+            for t in types
+        }
+        row["weakest"] = sorted(per_type.items(), key=lambda kv: kv[1])[:weakest]
+        row["per_type_image_auroc"] = per_type
+        row["train_min"] = _mean_std([m["train_s"] / 60 for m in runs if m.get("train_s")])[0]
+        row["seeds"] = sorted(by_seed)
+        rows[category] = row
+    seeds = sorted({s for by_seed in results.values() for s in by_seed})
+    mean = {}
+    for k in METRICS:  # the category mean per seed, then its spread over seeds
+        per_seed = [
+            _finite_mean([results[c][s].get(k) for c in results if s in results[c]]) for s in seeds
+        ]
+        mean[k] = _mean_std(per_seed)
+    return {"categories": rows, "mean": mean, "seeds": seeds}
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    mean, std = pair
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def recipe_table(summary: dict) -> str:
+    """Markdown table of :func:`summarize_recipe`'s result."""
+    lines = [
+        "| category | image AUROC | pixel AUROC | AUPRO | weakest defect types (image AUROC) | train min |",
+        "|---|---|---|---|---|---|",
+    ]
+    for category, row in summary["categories"].items():
+        weak = ", ".join(f"{t} {v:.2f}" for t, v in row["weakest"] if not math.isnan(v)) or "–"
+        minutes = "n/a" if math.isnan(row["train_min"]) else f"{row['train_min']:.1f}"
+        cells = " | ".join(_fmt(row[k]) for k in METRICS)
+        lines.append(f"| {category} | {cells} | {weak} | {minutes} |")
+    cells = " | ".join(f"**{_fmt(summary['mean'][k])}**" for k in METRICS)
+    lines.append(f"| **mean** | {cells} | seeds {', '.join(map(str, summary['seeds']))} | |")
+    return "\n".join(lines) + "\n"
+
+
+def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:
+    """Markdown report of one or more recipe folders (first = baseline); also JSON next to ``out``."""
+    sections, data = [], {}
+    baseline = None
+    for folder in recipe_dirs:
+        summary = summarize_recipe(collect(folder))
+        recipe_file = Path(folder) / "recipe.json"
+        recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
+        flags = " ".join(recipe.get("train_args", [])) or "(stpm-train defaults)"
+        sections.append(f"## {Path(folder).name}\n\nstpm-train {flags}\n\n{recipe_table(summary)}")
+        if baseline is not None:
+            sections.append(_delta_line(baseline, summary))
+        baseline = baseline or summary
+        data[str(folder)] = {**summary, "recipe": recipe}
+    text = "\n".join(sections)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(_no_nan(data), indent=2))
+    return text
+
+
+def _delta_line(base: dict, new: dict) -> str:
+    """Mean gains over the baseline and the category that lost most, in one sentence."""
+    parts = [f"{k} {new['mean'][k][0] - base['mean'][k][0]:+.3f}" for k in METRICS]
+    common = sorted(set(base["categories"]) & set(new["categories"]))
+    drops = {
+        c: new["categories"][c]["image_auroc"][0] - base["categories"][c]["image_auroc"][0]
+        for c in common
+    }
+    worst = min(drops.items(), key=lambda kv: kv[1]) if drops else ("–", math.nan)
+    return (
+        f"vs the first recipe (means): {', '.join(parts)}; "
+        f"worst category image AUROC change: {worst[0]} {worst[1]:+.3f}\n"
+    )
+
+
+def _finite_mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the defined values (None when there is none)."""
+    defined = [float(v) for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(defined)) if defined else None
+
+
+def _no_nan(value):
+    """JSON-safe copy: NaN -> None, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -1,0 +1,116 @@
+"""Tests for stpm_edge.quality: the recipe runner's layout and resume, the seed statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stpm_edge.cli.quality import main
+from stpm_edge.errors import ConfigError
+from stpm_edge.quality import collect, run_recipe, summarize, summarize_recipe
+
+
+def _value(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+class FakeCommands(dict):
+    """stpm-data / stpm-train / stpm-eval doubles that write what the real ones write and log
+    their arguments. Metrics depend on the seed, so summaries have a spread."""
+
+    def __init__(self) -> None:
+        super().__init__(data=self.data, train=self.train, eval=self.eval)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def data(self, argv: list[str]) -> int:
+        self.calls.append(("data", argv))
+        Path(_value(argv, "--out")).mkdir(parents=True)
+        (Path(_value(argv, "--out")) / "README.txt").write_text("bench")
+        return 0
+
+    def train(self, argv: list[str]) -> int:
+        self.calls.append(("train", argv))
+        Path(_value(argv, "--out")).mkdir(parents=True)
+        (Path(_value(argv, "--out")) / "best.ckpt").write_text(_value(argv, "--seed"))
+        return 0
+
+    def eval(self, argv: list[str]) -> int:
+        self.calls.append(("eval", argv))
+        seed = int(Path(argv[0]).read_text())
+        out = Path(_value(argv, "--out"))
+        out.mkdir(parents=True)
+        metrics = {"image_auroc": 0.8 + 0.01 * seed, "pixel_auroc": 0.9, "aupro": None}
+        metrics["per_defect_type"] = {"stain_intensity": {"image_auroc": 0.5}}
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        return 0
+
+
+def test_run_recipe_layout_seeds_and_resume(tmp_path):
+    fake = FakeCommands()
+    out = run_recipe(tmp_path / "r", [0, 2], ["gear", "brick"], ["--epochs", "3"], [], fake)
+    trains = [argv for name, argv in fake.calls if name == "train"]
+    assert len(trains) == 4 and [c[0] for c in fake.calls].count("data") == 2
+    first = trains[0]
+    assert _value(first, "--seed") == "0" and first[-2:] == ["--epochs", "3"]
+    assert _value(first, "--data") == str(out / "data" / "seed0")
+    assert (out / "seed2" / "brick" / "eval" / "metrics.json").exists()
+    assert set(json.loads((out / "seed0" / "gear" / "timing.json").read_text())) == {
+        "train_s",
+        "eval_s",
+    }
+    fake.calls.clear()
+    run_recipe(out, [0, 2, 3], ["gear", "brick"], ["--epochs", "3"], [], fake)  # resume
+    assert [name for name, _ in fake.calls] == ["data", "train", "eval", "train", "eval"]
+    assert json.loads((out / "recipe.json").read_text())["seeds"] == [0, 2, 3]
+    with pytest.raises(ConfigError, match="another recipe"):
+        run_recipe(out, [0], ["gear"], ["--epochs", "5"], [], fake)
+    with pytest.raises(ConfigError, match="nothing to run"):
+        run_recipe(tmp_path / "x", [0], ["wood"], [], [], fake)
+
+
+def test_summary_mean_std_over_seeds_and_weakest_types(tmp_path):
+    root = tmp_path / "r"
+    auroc = {("gear", 0): 0.9, ("gear", 1): 0.8, ("brick", 0): 0.7, ("brick", 1): 0.6}
+    for (category, seed), value in auroc.items():
+        folder = root / f"seed{seed}" / category / "eval"
+        folder.mkdir(parents=True)
+        per_type = {"crack": {"image_auroc": value - 0.2}, "stain": {"image_auroc": value + 0.05}}
+        metrics = {
+            "image_auroc": value,
+            "pixel_auroc": 0.95,
+            "aupro": 0.0,
+            "per_defect_type": per_type,
+        }
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder.parent / "timing.json").write_text(json.dumps({"train_s": 120.0, "eval_s": 5}))
+    summary = summarize_recipe(collect(root))
+    gear = summary["categories"]["gear"]
+    assert gear["image_auroc"] == pytest.approx((0.85, np.std([0.9, 0.8], ddof=1)))
+    assert gear["aupro"] == (0.0, 0.0)  # a zero is a value, not a missing one
+    assert [t for t, _ in gear["weakest"]] == ["crack", "stain"]
+    assert gear["weakest"][0][1] == pytest.approx(0.65) and gear["train_min"] == pytest.approx(2.0)
+    # the mean row: the category mean per seed (0.8, 0.7), then its spread over the seeds
+    assert summary["mean"]["image_auroc"] == pytest.approx((0.75, np.std([0.8, 0.7], ddof=1)))
+    text = summarize([root, root], tmp_path / "q.md")
+    assert (
+        "| gear | 0.850 ± 0.071 | 0.950 ± 0.000 | 0.000 ± 0.000 | crack 0.65, stain 0.90 | 2.0 |"
+        in text
+    )
+    assert "| **mean** | **0.750 ± 0.071** |" in text and "image_auroc +0.000" in text
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved[str(root)]["mean"]["image_auroc"][0] == pytest.approx(0.75)
+
+
+def test_cli_summary_and_errors(tmp_path, capsys):
+    fake_root = tmp_path / "r"
+    run_recipe(fake_root, [1], ["washer"], [], [], FakeCommands())
+    assert main(["summary", str(fake_root)]) == 0
+    printed = capsys.readouterr().out
+    assert "| washer | 0.810 | 0.900 | n/a | stain_intensity 0.50 |" in printed
+    assert not math.isnan(summarize_recipe(collect(fake_root))["mean"]["image_auroc"][0])
+    assert main(["summary", str(tmp_path / "missing")]) == 2
+    assert "no results under" in capsys.readouterr().err
