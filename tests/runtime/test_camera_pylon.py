@@ -120,7 +120,9 @@ def test_mono12_and_colour_buffers_follow_the_one_rule() -> None:
     mono12 = camera_to_bgr(ramp12, "Mono12")
     assert mono12.shape == (64, 64, 3) and mono12.dtype == np.uint8
     assert mono12[0, 0, 0] == 0 and mono12[-1, -1, 0] == 255  # full scale to full scale
-    np.testing.assert_array_equal(mono12[..., 0], np.round(ramp12.astype(np.int64) * 255 / 4095).astype(np.uint8))
+    np.testing.assert_array_equal(
+        mono12[..., 0], np.round(ramp12.astype(np.int64) * 255 / 4095).astype(np.uint8)
+    )
     assert (mono12[..., 0] == mono12[..., 2]).all()
     # at 16 bits the rule is exactly the one 16-bit files follow
     ramp16 = np.arange(65536, dtype=np.uint16)
