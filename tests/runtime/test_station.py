@@ -172,7 +172,8 @@ def test_a_camera_whose_roi_does_not_fit_only_hurts_itself(fake_onnx, tmp_path) 
         CameraConfig("good", str(a), str(fake_onnx), log=str(log)),
         CameraConfig("bad", str(a), str(fake_onnx), roi="0,0,500,500", log=str(log)),
     ]
-    _, stats = _run_station(cameras, _args())
+    # a long batch wait: both cameras' frames land in one model call, which the bad ROI fails
+    _, stats = _run_station(cameras, _args(batch=8, batch_timeout_ms=300.0))
     errors = [r for r in _records(log) if r.get("event") == "frame_error"]
     assert stats["good"].frames == 4 and stats["bad"].frames == 0
     assert errors and {r["camera"] for r in errors} == {"bad"}
