@@ -34,6 +34,7 @@ from .sinks import Display, JsonlLog, NgSaver
 from .sources import (
     FolderFrameSource,
     FrameSource,
+    NoFrame,
     SkipFrame,
     SourceError,
     SourceFrame,
@@ -60,6 +61,7 @@ __all__ = [
     "LoopStats",
     "Metrics",
     "NgSaver",
+    "NoFrame",
     "SkipFrame",
     "SourceError",
     "SourceFrame",

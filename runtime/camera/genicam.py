@@ -27,7 +27,7 @@ Keys (all optional):
 - ``strategy``: ``latest`` (default: keep the newest frame, older ones are skipped on the host
   and not counted as lost) or ``all`` (every frame in order while buffers last).
 - ``timeout_ms``: grab timeout (default 1000); free-run and software trigger treat it as a
-  failure (the loop reconnects), hardware trigger just waits again.
+  failure (the loop reconnects), hardware trigger just waits again (after checking for stop).
 - ``width``, ``height``: sensor ROI size.
 - ``image_files``: a folder or file for pylon's camera emulation (``PYLON_CAMEMU=1``): the
   emulated camera replays those images instead of its test pattern.
@@ -52,7 +52,7 @@ import numpy as np
 from stpm_edge.errors import ConfigError, DataError, note
 
 from ..image import PIXEL_FORMATS, camera_to_bgr
-from .sources import SkipFrame, SourceError, SourceFrame
+from .sources import NoFrame, SkipFrame, SourceError, SourceFrame
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ class GenICamSource:
                 self._execute("TriggerSoftware")
             grab = self._grab(self.settings.timeout_ms)
             if grab is None:
-                if self.settings.hardware_trigger:
-                    continue  # no part in front of the camera yet
+                if self.settings.hardware_trigger:  # no part in front of the camera yet
+                    raise NoFrame
                 raise SourceError(f"{self.name}: no frame within {self.settings.timeout_ms} ms")
             self._count_gap(grab)
             if grab.ok:

@@ -27,7 +27,7 @@ from stpm_edge.errors import ConfigError, DataError, note
 from .observers import LoopObserver, ObserverList
 from .queue import Frame, FrameQueue, now_iso
 from .sinks import Display, JsonlLog, NgSaver
-from .sources import FrameSource, SkipFrame, SourceError
+from .sources import FrameSource, NoFrame, SkipFrame, SourceError
 from .triggers import build_triggers
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,8 @@ class InspectionLoop:
                         pace = 1.0 / source.fps if source.fps > 0 else 0.0
                 try:
                     item = source.read()
+                except NoFrame:
+                    continue
                 except SkipFrame as exc:
                     self.stats.corrupt += 1
                     self.event("corrupt", error=str(exc))

@@ -36,6 +36,11 @@ class SkipFrame(Exception):
     """One unreadable item (a corrupt image): logged as an event, never fatal."""
 
 
+class NoFrame(Exception):
+    """No frame yet, and that is normal (a hardware-triggered camera waiting for the next part):
+    the loop checks whether it should stop and reads again; nothing is logged or counted."""
+
+
 @dataclass
 class SourceFrame:
     """One item read from a source.

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -19,8 +20,9 @@ import pytest
 
 from stpm_edge.errors import ConfigError, DataError
 from stpm_edge.runtime import AnomalyDetector
-from stpm_edge.runtime.camera import main, open_source
+from stpm_edge.runtime.camera import InspectionLoop, LoopOptions, main, open_source
 from stpm_edge.runtime.camera.genicam import GenICamSource, Grab, parse_camera_url
+from stpm_edge.runtime.camera.sources import NoFrame
 from stpm_edge.runtime.image import bits_to_uint8, camera_to_bgr, decode_bgr, to_uint8
 
 HAVE_PYPYLON = importlib.util.find_spec("pypylon") is not None
@@ -35,11 +37,11 @@ def _records(log: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if "frame" in r], [r for r in records if "event" in r]
 
 
-def _stpm_camera(model: Path, source: str, log: Path, frames: int) -> subprocess.CompletedProcess:
+def _stpm_camera(model: Path, source: str, log: Path, *bounds: str) -> subprocess.CompletedProcess:
     """stpm-camera in a fresh process: PYLON_CAMEMU must be set before pypylon loads."""
     env = dict(os.environ, PYLON_CAMEMU="1")
     argv = ["--model", str(model), "--source", source, "--log", str(log)]
-    argv += ["--max-frames", str(frames), "--stats-every", "0", "--threads", "1"]
+    argv += [*bounds, "--stats-every", "0", "--threads", "1"]
     code = "import sys; from stpm_edge.runtime.camera import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=120
@@ -66,7 +68,7 @@ def test_emulated_camera_verdicts_equal_disk_verdicts(exported_onnx, parts, tmp_
         "&pixel_format=BGR8&trigger=software&strategy=all"
     )
     log = tmp_path / "pylon.jsonl"
-    done = _stpm_camera(exported_onnx, spec, log, 2 * n)
+    done = _stpm_camera(exported_onnx, spec, log, "--max-frames", str(2 * n))
     assert done.returncode == 0, done.stderr
     frames, events = _records(log)
     with AnomalyDetector(exported_onnx, threads=1) as det:
@@ -98,7 +100,7 @@ def test_emulated_mono12_free_run(exported_onnx, parts, tmp_path) -> None:
         grays.append(gray)
     spec = f"pylon://?image_files={folder}&width=64&height=64&pixel_format=Mono12&frame_rate=50"
     log = tmp_path / "mono12.jsonl"
-    done = _stpm_camera(exported_onnx, spec, log, 20)
+    done = _stpm_camera(exported_onnx, spec, log, "--max-frames", "20")
     assert done.returncode == 0, done.stderr
     frames, events = _records(log)
     # written out here, independent of the image module: 12-bit 16 * v, full scale to full scale
@@ -117,6 +119,21 @@ def test_emulated_mono12_free_run(exported_onnx, parts, tmp_path) -> None:
     ids = [f["device_frame_id"] for f in frames]
     assert ids == sorted(ids)
     assert events[-1]["source_lost"] == 0
+
+
+@needs_pypylon
+def test_emulated_hardware_trigger_waits_and_stops_cleanly(fake_onnx, tmp_path) -> None:
+    """No pulse on Line1: no frame and no error; --duration still ends the run on time."""
+    log = tmp_path / "line1.jsonl"
+    start = time.monotonic()
+    done = _stpm_camera(
+        fake_onnx, "pylon://?trigger=line1&timeout_ms=200", log, "--duration", "1.5"
+    )
+    assert done.returncode == 0, done.stderr
+    frames, events = _records(log)
+    assert frames == [] and [e["event"] for e in events] == ["start", "stop"]
+    assert events[-1]["stopped_by"] == "duration" and events[-1]["reconnects"] == 0
+    assert time.monotonic() - start < 30
 
 
 def test_mono12_and_colour_buffers_follow_the_one_rule() -> None:
@@ -195,10 +212,41 @@ def test_lost_frames_timestamps_and_features_without_an_sdk() -> None:
     assert (cam.features["TriggerMode"], cam.features["TriggerSource"]) == ("On", "Software")
     with pytest.raises(Exception, match="no frame within"):  # free-run/software: a timeout fails
         cam.read()
-    hardware = ScriptedCamera("scripted://?trigger=line1", [None, None, _grab(3)])
+    hardware = ScriptedCamera("scripted://?trigger=line1", [None, _grab(3)])
     hardware.open()
-    assert hardware.read().meta["device_frame_id"] == 3  # waiting for a part is not an error
+    with pytest.raises(NoFrame):  # waiting for a part is not an error: the loop reads again
+        hardware.read()
+    assert hardware.read().meta["device_frame_id"] == 3
     assert hardware.features["TriggerSource"] == "Line1"
+
+
+class IdleLine(ScriptedCamera):
+    """A hardware-triggered camera that never sees a part."""
+
+    def __init__(self, spec: str) -> None:
+        super().__init__(spec, [])
+        self.closed = False
+
+    def _grab(self, timeout_ms: int) -> Grab | None:
+        time.sleep(timeout_ms / 1000)
+        return None
+
+    def _disconnect(self) -> None:
+        self.closed = True
+
+
+def test_idle_hardware_trigger_lets_the_loop_stop_and_close(fake_onnx) -> None:
+    sources: list[IdleLine] = []
+
+    def factory() -> IdleLine:
+        sources.append(IdleLine("scripted://?trigger=line2&timeout_ms=50"))
+        return sources[-1]
+
+    with AnomalyDetector(fake_onnx, threads=1) as det:
+        stats = InspectionLoop(det, factory, LoopOptions(duration=0.5, stats_every=0)).run()
+    assert stats.frames == 0 and stats.stopped_by == "duration" and stats.reconnects == 0
+    opened = [s for s in sources if s.serial]
+    assert len(opened) == 1 and opened[0].closed  # the capture thread ended and closed it
 
 
 def test_camera_url_errors_are_user_errors(capsys) -> None:
