@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("source")
     s.add_argument(
         "--source",
-        help="camera index (0), rtsp/http URL, video file, image folder or glob, or a GStreamer "
-        "pipeline ending in appsink (contains '!'); required",
+        help="camera index (0), rtsp/http URL, video file, image folder or glob, a GStreamer "
+        "pipeline ending in appsink (contains '!'), or a Basler camera: pylon://SERIAL with "
+        "settings such as ?pixel_format=Mono12&trigger=line1 (pypylon; README); required",
     )
     s.add_argument(
         "--station",
