@@ -38,8 +38,8 @@ them by a minimum mean amount (4 / 6 grey levels for colour / intensity stains, 
 15 for geometric ones, 20 for cracks and contamination).
 
 Deterministic: each image has its own random stream keyed by seed, category, split and index, so
-the same arguments write byte-identical files and a smaller count gives a prefix of a larger
-one. Building all seven default categories (1,330 images, 140 MB) took 23 s of CPU time (53 s wall on
+the same arguments write byte-identical files (with the same numpy and OpenCV versions) and a
+smaller count gives a prefix of a larger one. Building all seven default categories (1,330 images, 140 MB) took 23 s of CPU time (53 s wall on
 a busy 2-core machine): ``time stpm-data bench --out DIR``.
 """
 
