@@ -90,24 +90,21 @@ def parse_camera_url(spec: str) -> CameraSettings:
     """
     parts = urlsplit(spec)
     settings = CameraSettings(device=(parts.netloc + parts.path).strip("/"))
-    types = {f.name: f.type for f in fields(CameraSettings)}
+    types = {f.name: str(f.type) for f in fields(CameraSettings) if f.name != "device"}
     for key, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in types or key == "device":
-            known = sorted(set(types) - {"device"})
-            raise ConfigError(note(f"--source {spec}: unknown camera setting {key!r}", f"known: {known}"))  # fmt: skip
-        setattr(settings, key, _convert(spec, key, raw, str(types[key])))
-    if settings.trigger not in TRIGGERS:
-        raise ConfigError(note(f"--source {spec}: trigger={settings.trigger}", f"choose {TRIGGERS}"))  # fmt: skip
-    if settings.strategy not in STRATEGIES:
-        raise ConfigError(note(f"--source {spec}: strategy={settings.strategy}", f"choose {STRATEGIES}"))  # fmt: skip
-    if settings.pixel_format is not None and settings.pixel_format not in PIXEL_FORMATS:
-        raise ConfigError(
-            note(
-                f"--source {spec}: pixel_format={settings.pixel_format}",
-                f"choose {sorted(PIXEL_FORMATS)}",
-            )  # fmt: skip
-        )
+        if key not in types:
+            raise _bad(spec, f"unknown camera setting {key!r}", f"known: {sorted(types)}")
+        setattr(settings, key, _convert(spec, key, raw, types[key]))
+    choices = {"trigger": TRIGGERS, "strategy": STRATEGIES, "pixel_format": tuple(PIXEL_FORMATS)}
+    for key, allowed in choices.items():
+        value = getattr(settings, key)
+        if value is not None and value not in allowed:
+            raise _bad(spec, f"{key}={value}", f"choose one of {', '.join(allowed)}")
     return settings
+
+
+def _bad(spec: str, what: str, fix: str) -> ConfigError:
+    return ConfigError(note(f"--source {spec}: {what}", fix))
 
 
 def _convert(spec: str, key: str, raw: str, type_name: str) -> Any:
@@ -115,7 +112,7 @@ def _convert(spec: str, key: str, raw: str, type_name: str) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ConfigError(note(f"--source {spec}: {key}={raw!r}", f"expected a {kind.__name__}")) from None  # fmt: skip
+        raise _bad(spec, f"{key}={raw!r}", f"expected a {kind.__name__}") from None
 
 
 @dataclass
@@ -134,8 +131,8 @@ class Grab:
 class GenICamSource:
     """The SDK-independent part of a GenICam camera source (module doc).
 
-    Subclasses implement ``_connect``, ``_get``/``_set``/``_choices`` (feature access by SFNC
-    name), ``_start``, ``_execute`` (a command feature), ``_grab`` and ``_disconnect``.
+    Subclasses implement ``_connect``, ``_has``/``_set``/``_choices`` (feature access by SFNC
+    name), ``_execute`` (a command feature), ``_start``, ``_grab`` and ``_disconnect``.
     """
 
     live = True
@@ -243,12 +240,7 @@ class GenICamSource:
         for name in (wanted, wanted.removesuffix("Packed"), wanted + "Packed"):
             if name in choices:
                 return name
-        raise ConfigError(
-            note(
-                f"{self.name}: the camera has no pixel format {wanted}",
-                f"it offers {list(choices)}",
-            )  # fmt: skip
-        )
+        raise _bad(self.name, f"the camera has no pixel format {wanted}", f"it has {choices}")
 
     def _set_optional(self, feature: str, value: Any) -> None:
         if self._has(feature):
@@ -259,7 +251,7 @@ class GenICamSource:
             if self._has(feature):
                 self._set(feature, value)
                 return
-        raise ConfigError(note(f"{self.name}: the camera has none of {features}", "remove the setting"))  # fmt: skip
+        raise _bad(self.name, f"the camera has none of the features {features}", "drop the setting")
 
     def _count_gap(self, grab: Grab) -> None:
         """Block ids the camera sent that neither arrived nor were skipped on purpose."""
