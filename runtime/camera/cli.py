@@ -29,7 +29,7 @@ from stpm_edge.errors import note
 
 from .config import check_required, loop_options
 from .loop import InspectionLoop, LoopStats
-from .monitor import attach_monitoring
+from .monitor import HIGH, LOW, attach_monitoring, parse_band
 from .sinks import prepare_outputs
 from .sources import SourceError, open_source
 from .station import Station, StationResources, build_station, load_station
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on http://HOST:PORT/metrics (needs prometheus-client)",
     )
     m.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics bind to")
+    m.add_argument(
+        "--drift-band",
+        metavar="LOW,HIGH",
+        help="drift alarm bounds of the OK-score median on the calibration scale (0 = score_min, "
+        f"1 = threshold); default {LOW},{HIGH}",
+    )
     add_logging_args(p)
     return p
 
@@ -184,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         loop = InspectionLoop(det, lambda: open_source(source), options)
         metrics = attach_monitoring(
             {loop.camera: loop}, {loop.camera: Path(args.model).name}, args.metrics_port,
-            args.metrics_host,
+            args.metrics_host, parse_band(args.drift_band),
         )  # fmt: skip
         try:
             stats = _run_with_signals(loop)
@@ -206,8 +212,9 @@ def _run_station(args: argparse.Namespace) -> int:
     try:
         station = build_station(cameras, args, resources)
         metrics = attach_monitoring(
-            station.loops, station.models, args.metrics_port, args.metrics_host
-        )
+            station.loops, station.models, args.metrics_port, args.metrics_host,
+            parse_band(args.drift_band),
+        )  # fmt: skip
         stats = _run_with_signals(station)
     finally:
         if metrics is not None:

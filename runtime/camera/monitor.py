@@ -7,10 +7,14 @@ raw scores of the last ``window`` OK frames on that scale::
 
     drift = (median(OK scores) - score_min) / (image_threshold - score_min)
 
-0 is the lowest calibration score, 1 the threshold. Good validation images sit well inside
-(their median is typically 0.2-0.4 of the way); when lighting changes or the lens gets dirty,
-OK frames creep towards the threshold long before they turn NG. The alarm starts when the
-statistic leaves ``[LOW, HIGH] = [-0.25, 0.75]`` (after ``min_frames`` OK frames) and writes one
+0 is the lowest calibration score, 1 the threshold. Good parts sit inside (with a log-normal
+score spread and a 3-sigma threshold their median is 0.2-0.4 of the way; a model calibrated on a
+handful of validation images has a high ``score_min`` and puts them somewhat below 0). Brighter
+light or a new glare pushes OK frames towards the threshold before they turn NG (above
+``HIGH = 0.75``); a defocused or dirty lens or a dark frame removes the detail the model scores,
+and the median falls far below every good validation score (below ``LOW = -1.0``, a whole band
+under ``score_min``). ``--drift-band LOW,HIGH`` changes the bounds. The alarm starts when the
+statistic leaves ``[LOW, HIGH]`` (after ``min_frames`` OK frames) and writes one
 ``{"event": "drift", ...}`` line; it re-arms only when the statistic is back inside the band by
 ``MARGIN`` (0.15): hysteresis, so a statistic hovering at the bound fires once, not per frame.
 The return is logged as ``drift_cleared``. A shift so large that every frame is NG leaves no OK
@@ -45,7 +49,7 @@ from stpm_edge.errors import ConfigError, note
 
 logger = logging.getLogger(__name__)
 
-HIGH, LOW, MARGIN = 0.75, -0.25, 0.15
+HIGH, LOW, MARGIN = 0.75, -1.0, 0.15
 WINDOW, MIN_FRAMES = 50, 20
 # seconds; from a fast GPU frame to a stalled CPU one
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -255,8 +259,30 @@ class Metrics:
             self._server = None
 
 
+def parse_band(text: str | None) -> tuple[float, float]:
+    """``--drift-band LOW,HIGH`` -> (low, high); None: the defaults."""
+    if text is None:
+        return LOW, HIGH
+    try:
+        low, high = (float(v) for v in str(text).split(","))
+    except ValueError:
+        low = high = float("nan")
+    if not low + 2 * MARGIN < high:  # also false for NaN
+        raise ConfigError(
+            note(
+                f"--drift-band {text!r}",
+                f"expected LOW,HIGH with LOW + {2 * MARGIN} < HIGH, e.g. {LOW},{HIGH}",
+            )
+        )
+    return low, high
+
+
 def attach_monitoring(
-    loops: Mapping[str, Any], models: Mapping[str, str], port: int | None, host: str
+    loops: Mapping[str, Any],
+    models: Mapping[str, str],
+    port: int | None,
+    host: str,
+    band: tuple[float, float] = (LOW, HIGH),
 ) -> Metrics | None:
     """Drift watch on every camera; with ``port``, Prometheus metrics served on ``host:port``."""
     metrics = Metrics() if port is not None else None
@@ -264,7 +290,9 @@ def attach_monitoring(
         info = getattr(loop.detector, "info", None)
         monitor = None
         if info is not None:
-            monitor = DriftMonitor.from_calibration(info.calibration, info.image_threshold)
+            monitor = DriftMonitor.from_calibration(
+                info.calibration, info.image_threshold, low=band[0], high=band[1]
+            )
             loop.add_observer(DriftObserver(monitor, loop.event))
         if metrics is not None:
             metrics.watch(camera, models[camera], loop, monitor)

@@ -68,7 +68,7 @@ def test_drift_hysteresis_fires_once_at_the_bound() -> None:
     changes = [c for s in stream if (c := monitor.update(s)) is not None]
     assert changes == ["drift"]
     assert [c for s in [0.3] * 10 if (c := monitor.update(s))] == ["drift_cleared"]
-    low = [c for s in [-0.5] * 10 if (c := monitor.update(s))]  # below every good score
+    low = [c for s in [-1.5] * 10 if (c := monitor.update(s))]  # far below every good score
     assert low == ["drift"]
 
 
@@ -135,7 +135,7 @@ def test_metrics_endpoint_scraped_during_a_cli_run(fake_onnx, tmp_path) -> None:
     (folder / "999.png").write_bytes(b"corrupt")
     port = _free_port()
     argv = [sys.executable, "-m", "stpm_edge.runtime.camera", "--model", str(fake_onnx),
-            "--source", str(folder), "--on-end", "loop", "--realtime", "--stats-every", "0",
+            "--source", str(folder), "--on-end", "loop", "--stats-every", "0",
             "--metrics-port", str(port), "--log", str(tmp_path / "m.jsonl")]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
@@ -144,7 +144,7 @@ def test_metrics_endpoint_scraped_during_a_cli_run(fake_onnx, tmp_path) -> None:
         while time.monotonic() < deadline:
             try:
                 text = _scrape(port)
-                if _value(text, "stpm_frames_total") >= 12:
+                if _value(text, "stpm_frames_total") >= 40:  # >= 20 OK frames: drift measured
                     break
             except (OSError, AssertionError):
                 pass
@@ -157,8 +157,9 @@ def test_metrics_endpoint_scraped_during_a_cli_run(fake_onnx, tmp_path) -> None:
         assert _value(text, "stpm_corrupt_frames_total") >= 1
         assert _value(text, "stpm_reconnects_total") == 0
         assert _value(text, "stpm_dropped_frames_total") >= 0
-        assert _value(text, "stpm_latency_seconds_count") == frames
-        assert _value(text, "stpm_e2e_seconds_count") == frames
+        # the run goes on while the page is written: later series may count a few more frames
+        assert frames <= _value(text, "stpm_latency_seconds_count") <= frames + 30
+        assert frames <= _value(text, "stpm_e2e_seconds_count") <= frames + 30
         assert 'stpm_latency_seconds_bucket{camera="cam0",le="0.001",model="model.onnx"}' in text
         assert 0 <= _value(text, "stpm_drift") < HIGH and _value(text, "stpm_drift_alarm") == 0
         proc.send_signal(signal.SIGTERM)
