@@ -285,3 +285,38 @@ def test_defaults_and_flags_fill_camera_keys() -> None:
         str(Path("ng") / "cam0"),
     )
     assert (two.model, two.log, two.on_end, two.realtime) == ("o.onnx", "b.jsonl", "loop", True)
+
+
+def test_a_failing_observer_is_dropped_and_inspection_goes_on(fake_onnx, tmp_path, caplog) -> None:
+    a = _folder(tmp_path / "a", [dark_frame(), bright_frame()] * 3)
+    seen: list[str] = []
+
+    class Broken:
+        def on_frame(self, camera, frame, prediction, record) -> None:
+            raise RuntimeError("page crashed")
+
+        def on_event(self, camera, record) -> None:
+            pass
+
+    class Counts:
+        def on_frame(self, camera, frame, prediction, record) -> None:
+            assert prediction.verdict == record["verdict"] and frame.image.ndim == 3
+            seen.append(record["verdict"])
+
+        def on_event(self, camera, record) -> None:
+            seen.append(record["event"])
+
+    resources = StationResources()
+    try:
+        station = build_station([CameraConfig("a", str(a), str(fake_onnx))], _args(), resources)
+        station.add_observer(Broken())
+        station.add_observer(Counts())
+        stats = station.run()
+    finally:
+        resources.close()
+    assert stats["a"].frames == 6
+    assert seen[0] == "start" and seen[-1] == "stop"
+    assert [s for s in seen if s in ("OK", "NG")] == ["OK", "NG"] * 3
+    assert (
+        sum("page crashed" in r.getMessage() or r.exc_info is not None for r in caplog.records) == 1
+    )
