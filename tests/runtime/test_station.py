@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -320,3 +324,31 @@ def test_a_failing_observer_is_dropped_and_inspection_goes_on(fake_onnx, tmp_pat
     assert (
         sum("page crashed" in r.getMessage() or r.exc_info is not None for r in caplog.records) == 1
     )
+
+
+def test_sigterm_stops_every_camera_cleanly(fake_onnx, tmp_path) -> None:
+    a = _folder(tmp_path / "a", [dark_frame(), bright_frame()])
+    b = _folder(tmp_path / "b", [dark_frame()] * 3)
+    station = tmp_path / "s.yaml"
+    station.write_text(f"cameras:\n  - source: {a}\n  - source: {b}\n")
+    log = tmp_path / "sig.jsonl"
+    argv = [sys.executable, "-m", "stpm_edge.runtime.camera", "--station", str(station),
+            "--model", str(fake_onnx), "--on-end", "loop", "--log", str(log)]  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(repo))
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and len(log.read_text().splitlines()) >= 20):
+            assert time.monotonic() < deadline, "no log lines"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    stops = [r for r in _records(log) if r.get("event") == "stop"]  # every line parses
+    assert sorted(r["camera"] for r in stops) == ["cam0", "cam1"]
+    assert {r["stopped_by"] for r in stops} == {"SIGTERM"}
