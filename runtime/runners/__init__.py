@@ -1,7 +1,8 @@
 """Inference backends behind one :class:`Runner` interface, and the factory that picks one.
 
 ``create_runner("model.onnx")`` chooses the best available backend; ``.engine``/``.plan`` files
-always run on native TensorRT. Backends import their heavy dependencies only when loaded.
+always run on native TensorRT, OpenVINO IR ``.xml`` files on OpenVINO. Backends import their heavy
+dependencies only when loaded.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 from stpm_edge.errors import BackendError, note
 
 from .base import Runner, check_feeds, format_shape
+from .openvino import OpenVinoRunner
 from .ort import CPU_EP, CUDA_EP, TRT_EP, OrtRunner, available_providers
 from .trt import TrtRunner
 
 __all__ = [
     "BACKENDS",
+    "OpenVinoRunner",
     "OrtRunner",
     "Runner",
     "TrtRunner",
@@ -28,13 +31,21 @@ __all__ = [
     "format_shape",
 ]
 
-BACKENDS = ("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")
+BACKENDS = ("tensorrt", "ort-trt", "ort-cuda", "openvino", "ort-cpu")
 ENGINE_SUFFIXES = (".engine", ".plan")
+OPENVINO_SUFFIXES = (".xml",)
 _ORT_BACKENDS = {
     "ort-trt": [TRT_EP, CUDA_EP, CPU_EP],
     "ort-cuda": [CUDA_EP, CPU_EP],
     "ort-cpu": [CPU_EP],
 }
+# What "auto" runs an .onnx file on, best first (GPU providers first: they are what a GPU box
+# installed onnxruntime-gpu for). OpenVINO comes after ONNX Runtime's CPU provider because it was
+# not measured faster on the default (fp32) graph: efficientnet_lite0 256x256, batch 1, 2 threads,
+# best-of-5 medians on the 2-core EPYC dev VM (shared with other jobs): ORT 61.0 ms, OpenVINO
+# 65.6 ms. It does win on INT8 QDQ graphs (31.9 vs 42.2 ms), but "auto" does not read the graph's
+# precision; `stpm-bench --recommend` measures and names the fastest backend for a given file.
+AUTO_ONNX_ORDER = ("ort-trt", "ort-cuda", "ort-cpu", "openvino")
 
 
 def _has_module(name: str) -> bool:
@@ -45,10 +56,10 @@ def _has_module(name: str) -> bool:
 
 
 def available_backends() -> list[str]:
-    """Backends usable here, best-first: a subset of ``("tensorrt", "ort-trt", "ort-cuda", "ort-cpu")``.
+    """Backends usable here, best-first: a subset of :data:`BACKENDS`, in that order.
 
     ``tensorrt`` means the tensorrt and cuda-python packages are importable (a GPU is only
-    checked when an engine loads).
+    checked when an engine loads); ``openvino`` that the openvino package is.
     """
     found = []
     if _has_module("tensorrt") and _has_module("cuda"):
@@ -57,6 +68,8 @@ def available_backends() -> list[str]:
     for backend, wanted in _ORT_BACKENDS.items():
         if wanted[0] in providers:
             found.append(backend)
+    if _has_module("openvino"):
+        found.insert(len(found) - ("ort-cpu" in found), "openvino")
     return found
 
 
@@ -75,11 +88,13 @@ def create_runner(
     """Build (but do not load) the runner for ``path``.
 
     Args:
-        path: ``model.onnx`` or a TensorRT ``model.engine``/``model.plan``.
-        backend: ``"auto"`` or one of :data:`BACKENDS`. ``auto`` runs engines on ``tensorrt`` and
-            ONNX on the first available of ``ort-trt``, ``ort-cuda``, ``ort-cpu``.
-        threads: CPU threads for ONNX Runtime (``None`` = its default); ignored by TensorRT.
-        **kwargs: passed to :class:`OrtRunner` or :class:`TrtRunner`.
+        path: ``model.onnx``, a TensorRT ``model.engine``/``model.plan`` or an OpenVINO IR
+            ``model.xml``.
+        backend: ``"auto"`` or one of :data:`BACKENDS`. ``auto`` runs engines on ``tensorrt``, IR
+            on ``openvino``, and ONNX on the first available of :data:`AUTO_ONNX_ORDER`.
+        threads: CPU threads for ONNX Runtime / OpenVINO (``None`` = its default); ignored by
+            TensorRT.
+        **kwargs: passed to :class:`OrtRunner`, :class:`OpenVinoRunner` or :class:`TrtRunner`.
 
     Raises:
         BackendError: unknown/unavailable backend, or a backend that cannot run this file type.
@@ -102,11 +117,20 @@ def create_runner(
         if "tensorrt" not in available:
             raise _unavailable("tensorrt", available, "install TensorRT and cuda-python")
         return TrtRunner(path, **kwargs)
-    if suffix != ".onnx":
+    if suffix in OPENVINO_SUFFIXES:
+        if backend not in ("auto", "openvino"):
+            raise BackendError(
+                note(
+                    f"{path.name} is an OpenVINO IR; backend {backend!r} cannot run it",
+                    "use backend openvino, or pass the model.onnx",
+                )
+            )
+        backend = "openvino"
+    elif suffix != ".onnx":
         raise BackendError(
             note(
                 f"cannot tell the model type of {path.name}",
-                f"expected .onnx or one of {list(ENGINE_SUFFIXES)}",
+                f"expected .onnx, .xml (OpenVINO IR) or one of {list(ENGINE_SUFFIXES)}",
             )
         )
     if backend == "tensorrt":
@@ -119,11 +143,17 @@ def create_runner(
         )
     strict = backend != "auto"  # auto may fall back when a provider fails to initialise
     if backend == "auto":
-        ort_backends = [b for b in available if b in _ORT_BACKENDS]
-        if not ort_backends:
+        # OpenVINO runner options differ from ONNX Runtime's: ORT-specific kwargs keep ORT.
+        order = AUTO_ONNX_ORDER if not kwargs else tuple(_ORT_BACKENDS)
+        candidates = [b for b in order if b in available]
+        if not candidates:
             raise _unavailable("auto", available, "pip install onnxruntime (or onnxruntime-gpu)")
-        backend = ort_backends[0]
+        backend = candidates[0]
+    elif backend == "openvino" and backend not in available:
+        raise _unavailable(backend, available, "pip install 'stpm-edge[openvino]'")
     elif backend not in available:
         raise _unavailable(backend, available, "install onnxruntime-gpu for CUDA/TensorRT")
+    if backend == "openvino":
+        return OpenVinoRunner(path, threads=threads, **kwargs)
     kwargs.setdefault("strict", strict)
     return OrtRunner(path, providers=_ORT_BACKENDS[backend], threads=threads, **kwargs)

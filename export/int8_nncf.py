@@ -1,0 +1,122 @@
+"""INT8 for OpenVINO: NNCF's post-training quantisation on the fused graph (ONNX in, ONNX out).
+
+OpenVINO's CPU plugin runs a QDQ ONNX graph as integer kernels, and NNCF is the tool made for that
+engine: it places the QuantizeLinear/DequantizeLinear pairs where OpenVINO's low-precision
+transformations expect them (e.g. on both inputs of a residual addition, none between a
+convolution and its activation) and corrects the biases the rounding shifts (fast bias
+correction). ONNX Runtime's quantiser places them for ONNX Runtime's fusions instead, which is why
+the same backbone quantised by it runs slower on OpenVINO.
+
+As in :mod:`stpm_edge.export.int8`, only the backbones are quantised: every node outside
+``/pair/`` (pre-processing and the distance tail: normalisation, distances, upsampling, product,
+blur, score) is in NNCF's ignored scope and stays float32, because the small feature distances are
+exactly what 8 bits cannot hold.
+
+nncf is an optional dependency (the ``quantization`` extra); it is imported only when called.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+
+from stpm_edge.errors import ExportError, note
+
+logger = logging.getLogger(__name__)
+
+#: Node-name prefix of everything inside the two networks (the exporter's naming; see int8.py).
+BACKBONE_PREFIX = "/pair/"
+
+
+def import_nncf() -> Any:
+    """Import nncf or raise an :class:`ExportError` saying what to install."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise ExportError(
+            note(
+                "INT8 for OpenVINO (--target openvino) needs NNCF",
+                "pip install 'stpm-edge[quantization]' (or pip install nncf)",
+            )
+        ) from exc
+    return nncf
+
+
+def tail_node_names(graph: onnx.ModelProto) -> list[str]:
+    """Names of the nodes outside the backbones (kept float32)."""
+    return [n.name for n in graph.graph.node if not n.name.startswith(BACKBONE_PREFIX)]
+
+
+def _input_name(graph: onnx.ModelProto) -> str:
+    initializers = {i.name for i in graph.graph.initializer}
+    inputs = [i.name for i in graph.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ExportError(
+            note(f"INT8 (NNCF): expected one graph input, found {inputs}", "export the fused graph")
+        )
+    return inputs[0]
+
+
+def quantize_nncf(
+    graph: onnx.ModelProto,
+    frames: np.ndarray,
+    subset_size: int = 300,
+    preset: str = "performance",
+    fast_bias_correction: bool = True,
+) -> onnx.ModelProto:
+    """Quantise the backbones of a fused FP32 graph with NNCF's ONNX backend.
+
+    Args:
+        graph: the FP32 fused graph (``stpm-export`` output before quantisation).
+        frames: calibration batch in the graph's input layout (uint8 ``(N, H, W, 3)`` or float32
+            ``(N, 3, H, W)``), good images only; fed one image at a time.
+        subset_size: at most this many frames are used for the statistics (NNCF's default 300).
+        preset: ``"performance"`` (symmetric activations: OpenVINO's fastest integer kernels) or
+            ``"mixed"`` (asymmetric activations: for activations that are far from centred).
+        fast_bias_correction: let NNCF correct the bias shift caused by weight rounding.
+
+    Returns:
+        The QDQ graph (metadata_props kept: NNCF copies the model proto).
+
+    Raises:
+        ExportError: nncf missing, no calibration frames, no backbone node in the graph.
+    """
+    nncf = import_nncf()
+    if len(frames) == 0:
+        raise ExportError(
+            note("INT8 calibration has no images", "pass --calib DIR with good images (50-300)")
+        )
+    ignored = tail_node_names(graph)
+    if len(ignored) == len(graph.graph.node):
+        raise ExportError(
+            f"INT8 (NNCF): no node named {BACKBONE_PREFIX}... to quantise (unexpected graph)"
+        )
+    presets = {
+        "performance": nncf.QuantizationPreset.PERFORMANCE,
+        "mixed": nncf.QuantizationPreset.MIXED,
+    }
+    if preset not in presets:
+        raise ExportError(note(f"unknown NNCF preset {preset!r}", f"choose one of {list(presets)}"))
+    name = _input_name(graph)
+    items = [frames[i : i + 1] for i in range(len(frames))]
+    dataset = nncf.Dataset(items, lambda batch: {name: batch})
+    quantized = nncf.quantize(
+        graph,
+        dataset,
+        preset=presets[preset],
+        target_device=nncf.TargetDevice.CPU,
+        subset_size=min(subset_size, len(items)),
+        fast_bias_correction=fast_bias_correction,
+        ignored_scope=nncf.IgnoredScope(names=ignored),
+    )
+    count = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
+    logger.info(
+        "INT8 (NNCF, %s): %d QuantizeLinear nodes; %d tail nodes kept in float32",
+        preset,
+        count,
+        len(ignored),
+    )
+    return quantized
