@@ -33,6 +33,7 @@ from .monitor import HIGH, LOW, attach_monitoring, parse_band
 from .sinks import prepare_outputs
 from .sources import SourceError, open_source
 from .station import Station, StationResources, build_station, load_station
+from .web import attach_web
 
 DESCRIPTION = """Inspect frames from a camera, stream, video or image folder with an exported STPM
 model; log one JSON line per frame (plus "event" lines) and act on NG frames.
@@ -127,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="drift alarm bounds of the OK-score median on the calibration scale (0 = score_min, "
         f"1 = threshold); default {LOW},{HIGH}",
     )
+    m.add_argument(
+        "--http",
+        type=int,
+        metavar="PORT",
+        help="serve the operator's live page on http://HOST:PORT/ (frames, verdicts, NG frames "
+        "to mark good/ng into SAVE_NG/../review; needs --save-ng to review)",
+    )
+    m.add_argument("--http-host", default="127.0.0.1", help="address the live page binds to")
     add_logging_args(p)
     return p
 
@@ -192,11 +201,14 @@ def _run(args: argparse.Namespace) -> int:
             {loop.camera: loop}, {loop.camera: Path(args.model).name}, args.metrics_port,
             args.metrics_host, parse_band(args.drift_band),
         )  # fmt: skip
+        web = attach_web({loop.camera: loop}, args.http, args.http_host)
         try:
             stats = _run_with_signals(loop)
         finally:
             if metrics is not None:
                 metrics.close()
+            if web is not None:
+                web.close()
     print(json.dumps({"final_stats": stats.summary()}), file=sys.stderr)
     _check_outcome(stats, source)
     return 0
@@ -208,9 +220,10 @@ def _run_station(args: argparse.Namespace) -> int:
     for camera in cameras:
         _preflight(camera.source)
     resources = StationResources()
-    metrics = None
+    metrics = web = None
     try:
         station = build_station(cameras, args, resources)
+        web = attach_web(station.loops, args.http, args.http_host)
         metrics = attach_monitoring(
             station.loops, station.models, args.metrics_port, args.metrics_host,
             parse_band(args.drift_band),
@@ -219,6 +232,8 @@ def _run_station(args: argparse.Namespace) -> int:
     finally:
         if metrics is not None:
             metrics.close()
+        if web is not None:
+            web.close()
         resources.close()
     summary = {name: s.summary() for name, s in stats.items()}
     print(json.dumps({"final_stats": summary}), file=sys.stderr)
