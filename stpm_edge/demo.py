@@ -221,6 +221,21 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     return result
 
 
+def operator_loop_commands(result: DemoResult) -> list[str]:
+    """The live page on this run's FP32 graph and demo video, then review -> tune -> export."""
+    first = next(iter(result.exports))
+    run = result.run_dir
+    model = result.exports[first]["fp32"]["path"]
+    video, ng = run / "camera" / f"{first}_test.avi", run / "live" / "ng"
+    return [
+        f"stpm-camera --model {model} --source {video} --realtime --on-end loop "
+        f"--save-ng {ng} --http 8080    # open http://127.0.0.1:8080/",
+        f"stpm-tune {run / first / 'best.ckpt'} --extra-good {ng.parent / 'review' / 'good'} "
+        f"--out {run / first / 'tuned.ckpt'}",
+        f"stpm-export {run / first / 'tuned.ckpt'} -o {run / first / 'tuned.onnx'}",
+    ]
+
+
 def _mean_train_ips(log: Path) -> float:
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     later = rows[1:] or rows  # epoch 1 also fills the teacher-feature cache
@@ -300,6 +315,12 @@ def write_demo_report(result: DemoResult, cfg: DemoConfig, bench: dict) -> Path:
     lines += [
         "",
         "Full benchmark report: [bench/report.md](bench/report.md)",
+        "",
+        "## Next: watch it live, review, tune (README: the operator loop)",
+        "",
+        "```",
+        *operator_loop_commands(result),
+        "```",
         "",
         "## Step timings (s)",
         "",

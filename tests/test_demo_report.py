@@ -65,6 +65,9 @@ def test_report_carries_camera_fps_model_and_training_throughput(tmp_path: Path)
     assert "frames 180, NG 12, FPS 43.21" in report
     assert "| m_fp32.onnx | fp32 | 16.00 | 19.00 | 61.7 |" in report
     assert f"batch {cfg.batch_size}" in report  # the training batch the img/s belongs to
+    live = next(line for line in report.splitlines() if line.startswith("stpm-camera"))
+    assert f"--model {run / 'brick' / 'export' / 'm_fp32.onnx'}" in live and "--http" in live
+    assert f"stpm-tune {run / 'brick' / 'best.ckpt'}" in report
     summary = json.loads((run / "summary.json").read_text())
     assert summary["camera"]["fps"] == 43.21 and summary["train_ips"] == {"brick": 12.34}
     assert (tmp_path / "demo_out" / "latest").resolve() == run.resolve()

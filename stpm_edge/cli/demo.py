@@ -59,6 +59,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     result = run_demo(cfg)
     print(f"demo report: {result.run_dir / 'report.md'}")
+    from stpm_edge.demo import operator_loop_commands
+
+    print("watch it live (then review NG frames, tune, export; README: the operator loop):")
+    print("\n".join(f"  {line}" for line in operator_loop_commands(result)))
     return 0
 
 
