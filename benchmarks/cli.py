@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stpm_edge.benchmarks import environment, flops, report
+from stpm_edge.benchmarks import environment, flops, recommend, report
 from stpm_edge.benchmarks.runner import (
     Job,
     LoopPolicy,
@@ -39,7 +39,11 @@ from stpm_edge.errors import ConfigError, StpmEdgeError, note
 
 logger = logging.getLogger("stpm_edge.benchmarks")
 
-BACKEND_CHOICES = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+# openvino-bf16: the openvino backend with precision="bf16" (a precision choice, parity-checked
+# by --recommend)
+BACKEND_CHOICES = (
+    "auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino", "openvino-bf16",
+)  # fmt: skip
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -123,9 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--matmul-roofline",
         action="store_true",
-        help="measure float32 numpy matmul GFLOP/s as the practical CPU roofline",
+        help="measure the practical CPU rooflines: float32 numpy matmul GFLOP/s and int8 "
+        "(uint8 x int8 -> int32, ONNX Runtime MatMulInteger: VNNI/dot-product) GOP/s",
     )
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul")
+    p.add_argument(
+        "--recommend",
+        action="store_true",
+        help="name the configuration to deploy here: the fastest measured one (smallest batch) "
+        "whose verdicts and maps match ONNX Runtime CPU on the same file",
+    )
     p.add_argument(
         "--isolate",
         action="store_true",
@@ -163,7 +174,21 @@ def _roofline(args: argparse.Namespace, env: dict[str, Any], threads: list[int |
         roof["matmul"] = {"n": args.matmul_size, "reps": 3, "dtype": "float32",
                           "gflops_by_threads": by, "gflops": max(by.values())}  # fmt: skip
         logger.info("matmul roofline: %s GFLOP/s", by)
+        roof["int8_matmul"] = _int8_roofline(args.matmul_size, counts)
     return roof
+
+
+def _int8_roofline(n: int, counts: list[int]) -> dict[str, Any] | None:
+    """The int8 matmul roofline per thread count, or None when ONNX Runtime cannot run it."""
+    try:
+        by = {str(t): flops.int8_matmul_gops(n, reps=3, threads=t) for t in counts}
+    except Exception as exc:  # a roofline is context: never lose the timings for it
+        logger.warning("int8 matmul roofline failed: %s", exc)
+        return None
+    logger.info("int8 matmul roofline: %s GOP/s", by)
+    return {"n": n, "reps": 3, "dtype": "uint8 x int8 -> int32",
+            "engine": "onnxruntime MatMulInteger", "gops_by_threads": by,
+            "gops": max(by.values())}  # fmt: skip
 
 
 def _flops_of(model: str) -> dict[str, Any] | None:
@@ -248,6 +273,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     command = shlex.join(["stpm-bench", *argv])
     rep = report.build_report(command, env, roof, records, skipped, name,
                               flops={m: f for m, f in model_flops.items() if f})  # fmt: skip
+    if args.recommend:
+        rep["recommendation"] = recommend.recommend(records, jobs[0].images, args.seed)
+        print("\n".join(recommend.render(rep["recommendation"])[2:4]))
     paths = report.write_report(rep, out, plots=not args.no_plots)
     print(f"report: {paths['md']}")
     return out

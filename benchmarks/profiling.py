@@ -144,3 +144,63 @@ def make_trt_layer_profiler() -> Any:
             return _rows(us, self.calls, runs, top)
 
     return LayerProfiler()
+
+
+#: node-name prefix of the backbones in the exported graph (see stpm_edge.export.int8)
+BACKBONE_PREFIX = "/pair/"
+
+
+def graph_stages(model_path: str | Path) -> dict[str, str]:
+    """``{node name: "pre" | "backbones" | "tail"}`` of an exported graph (onnx, no weights).
+
+    Nodes inside ``/pair/`` are the backbones; the other nodes before the first backbone node
+    are the pre-processing (cast, layout, normalisation); the rest is the distance tail
+    (normalise features, squared difference, upsampling, product, blur, score).
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    stages: dict[str, str] = {}
+    seen_backbone = False
+    for node in graph.node:
+        if node.name.startswith(BACKBONE_PREFIX):
+            seen_backbone = True
+            stage = "backbones"
+        else:
+            stage = "tail" if seen_backbone else "pre"
+        stages[node.name] = stage
+        for out in node.output:  # ORT names fused/relayouted kernels after their output tensor
+            stages.setdefault(out, stage)
+    return stages
+
+
+def _stage_of(name: str, stages: dict[str, str]) -> str:
+    """Stage of a kernel ORT may have renamed (``<output>_nchwc``, ``QuantizeLinear_<tensor>_1``)."""
+    if name in stages:
+        return stages[name]
+    base = name.removesuffix("/duplicated").removesuffix("_nchwc")
+    for prefix in ("QuantizeLinear_", "DequantizeLinear_"):
+        base = base.removeprefix(prefix)
+    for candidate in (base, base.rsplit("_", 1)[0]):
+        if candidate in stages:
+            return stages[candidate]
+    return "backbones" if BACKBONE_PREFIX in name else "other"
+
+
+def stage_shares(
+    events: Iterable[dict[str, Any]] | str | Path, model_path: str | Path
+) -> dict[str, float]:
+    """Share (0-1) of ORT kernel time per stage of :func:`graph_stages`, first run dropped.
+
+    Kernels ONNX Runtime created or renamed (fusions, QDQ pairs, NCHWc layout) are attributed
+    through the node or output-tensor name they carry; what cannot be placed (layout reorders)
+    goes to ``"other"``, so the tail share is never inflated by guesses.
+    """
+    events = load_trace(events) if isinstance(events, str | Path) else list(events)
+    stages = graph_stages(model_path)
+    totals: dict[str, float] = defaultdict(float)
+    for e in _kernel_events(events, skip_first_run=True):
+        name = str(e.get("name", "")).removesuffix(_KERNEL)
+        totals[_stage_of(name, stages)] += float(e["dur"])
+    grand = sum(totals.values()) or 1.0
+    return {k: totals.get(k, 0.0) / grand for k in ("pre", "backbones", "tail", "other")}

@@ -215,6 +215,13 @@ def _roofline_lines(roofline: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("- matmul roofline not measured (pass --matmul-roofline)")
+    int8 = roofline.get("int8_matmul")
+    if int8:
+        per = ", ".join(f"{t} threads: {g:.1f}" for t, g in int8["gops_by_threads"].items())
+        lines.append(
+            f"- measured int8 matmul ({int8['dtype']}, {int8['engine']}, {int8['n']}x{int8['n']}, "
+            f"best of {int8['reps']}): {per} GOP/s — the roofline of int8 records"
+        )
     peak = roofline.get("theoretical")
     if peak:
         lines.append(
@@ -249,6 +256,11 @@ def _record_row(rec: dict[str, Any]) -> list[str]:
 
 def _profile_lines(rec: dict[str, Any]) -> list[str]:
     lines = [f"### {label(rec)}", ""]
+    stages = rec.get("profile_stages")
+    if stages:
+        parts = ", ".join(f"{k} {100 * v:.1f}%" for k, v in stages.items())
+        flag = " (over the 10% budget)" if stages.get("tail", 0.0) > 0.10 else ""
+        lines += [f"Kernel time by stage: {parts}; distance tail{flag}.", ""]
     for title, key in (("op type", "profile_top"), ("node", "profile_top_nodes")):
         rows = rec.get(key) or []
         if rows:
@@ -284,7 +296,8 @@ def render_markdown(report: dict[str, Any], plots: Iterable[str] = ()) -> str:
         *_roofline_lines(report["roofline"]),
         "",
         "Latencies in ms, host to host; img/s = batch x 1000 / mean. `roofline` = achieved "
-        "GFLOP/s / measured matmul GFLOP/s (CPU only). `vs torch` / `vs fp32` = speed-up "
+        "GFLOP/s / measured matmul G(FL)OP/s of the record's precision (int8 records: the int8 "
+        "matmul, others: float32; CPU only). `vs torch` / `vs fp32` = speed-up "
         "(mean latency ratio, >1 faster) over the PyTorch eager model / the fp32 model on the "
         "same runner.",
         "",
@@ -306,6 +319,10 @@ def render_markdown(report: dict[str, Any], plots: Iterable[str] = ()) -> str:
             f"- {s.get('label')}: {s.get('reason', '').splitlines()[0]}" for s in report["skipped"]
         ]
         lines.append("")
+    if "recommendation" in report:
+        from stpm_edge.benchmarks.recommend import render
+
+        lines += render(report["recommendation"])
     plots = list(plots)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]

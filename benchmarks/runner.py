@@ -32,7 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from stpm_edge.benchmarks.profiling import make_trt_layer_profiler, reduce_ort_profile
+from stpm_edge.benchmarks.profiling import (
+    make_trt_layer_profiler,
+    reduce_ort_profile,
+    stage_shares,
+)
 from stpm_edge.benchmarks.stats import LatencyStats
 from stpm_edge.errors import BackendError, ConfigError, DataError, StpmEdgeError, note
 from stpm_edge.runtime.image import synthetic_frames
@@ -280,10 +284,23 @@ def _finish(record: dict[str, Any], samples: list[float], rss0: float | None) ->
     return record
 
 
+#: stpm-bench backend names that are a runtime backend plus options
+BACKEND_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "openvino-bf16": ("openvino", {"precision": "bf16"}),
+}
+
+
+def runner_args(backend: str) -> tuple[str, dict[str, Any]]:
+    """``(create_runner backend, runner kwargs)`` of an stpm-bench backend name."""
+    name, kwargs = BACKEND_ALIASES.get(backend, (backend, {}))
+    return name, dict(kwargs)
+
+
 def _create_runner(path: str, backend: str, threads: int | None, **kw: Any) -> Any:
     from stpm_edge.runtime.runners import create_runner
 
-    return create_runner(path, backend=backend, threads=threads, **kw)
+    name, extra = runner_args(backend)
+    return create_runner(path, backend=name, threads=threads, **extra, **kw)
 
 
 def _profile_ort(job: Job, feeds: dict[str, np.ndarray]) -> dict[str, Any] | None:
@@ -338,6 +355,8 @@ def bench_model(job: Job) -> dict[str, Any]:
         feeds = make_feeds(runner.input_spec(), job.batch, meta, job.images, job.seed)
         samples = time_loop(lambda: runner.infer(feeds), job.policy)
         record = _base_record(job, meta, runner.name)
+        if getattr(runner, "precision", None) == "bf16":  # the runner computes in bf16
+            record["graph_precision"], record["precision"] = record["precision"], "bf16"
         record["load_ms"] = load_ms
         record["gpu_peak_mb"] = _gpu_memory_mb(runner)
         _finish(record, samples, rss0)
@@ -347,9 +366,21 @@ def bench_model(job: Job) -> dict[str, Any]:
             else None
         )
     if job.profile_prefix and record["runner"].startswith("onnxruntime"):
-        _attach_profile(record, _profile_ort(job, feeds))
+        profile = _profile_ort(job, feeds)
+        _attach_profile(record, profile)
+        if profile and profile.get("file"):
+            record["profile_stages"] = _stage_shares(profile["file"], job.model)
     _attach_profile(record, trt_profile)
     return record
+
+
+def _stage_shares(trace: str, model: str) -> dict[str, float] | None:
+    """Share of kernel time in pre-processing / backbones / distance tail (None on failure)."""
+    try:
+        return stage_shares(trace, model)
+    except Exception as exc:  # a breakdown is context: never lose the timings for it
+        logger.warning("profile stage breakdown of %s failed: %s", model, exc)
+        return None
 
 
 def _detector_class() -> Any:
@@ -382,7 +413,8 @@ def bench_e2e(job: Job) -> dict[str, Any]:
 
     rss0 = current_rss_mb()
     buffers = encoded_frames(job)
-    detector = _detector_class()(job.model, backend=job.backend, threads=job.threads)
+    backend, extra = runner_args(job.backend)
+    detector = _detector_class()(job.model, backend=backend, threads=job.threads, **extra)
 
     def step() -> Any:
         frames = [decode_bgr(buf) for buf in buffers]  # the decode every tool uses
@@ -491,7 +523,9 @@ def add_compute_metrics(
 
     The rooflines are CPU numbers: GPU records get ``None`` fractions. A record's thread count
     picks the matmul measured with the same threads when there is one; ``threads=None`` (the
-    runtime's default) is compared with all usable CPUs.
+    runtime's default) is compared with all usable CPUs. An int8 record is compared with the int8
+    matmul roofline when one was measured (its ops are int8 dot products), everything else with
+    the float32 one; ``roofline_ref`` names the one used.
     """
     record["gflop_per_image"] = gflop_per_image
     achieved = None if gflop_per_image is None else gflop_per_image * record["throughput_ips"]
@@ -501,11 +535,20 @@ def add_compute_metrics(
     if achieved is None or record.get("device") != "cpu":
         return record
     threads = record.get("threads") or roofline.get("usable_cpus") or 1
-    matmul = roofline.get("matmul") or {}
-    by_threads = matmul.get("gflops_by_threads") or {}
-    ref = by_threads.get(str(threads), matmul.get("gflops"))
+    int8 = roofline.get("int8_matmul") if record.get("precision") == "int8" else None
+    if int8:
+        by_threads, best, ref_name = int8.get("gops_by_threads") or {}, int8.get("gops"), "int8"
+    else:
+        matmul = roofline.get("matmul") or {}
+        by_threads, best, ref_name = (
+            matmul.get("gflops_by_threads") or {},
+            matmul.get("gflops"),
+            "fp32",
+        )
+    ref = by_threads.get(str(threads), best)
     if ref:
         record["roofline_fraction"] = achieved / ref
+        record["roofline_ref"] = f"{ref_name} matmul {ref:.1f} G/s"
     peak = roofline.get("theoretical")
     if peak:
         cores = roofline.get("usable_cpus") or threads

@@ -1,0 +1,119 @@
+"""stpm-bench's CPU-limit tools: the int8 roofline, the profile stage split, --recommend, and
+OpenVINO as a benchmarked backend (issue 12)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_bench_cli import stpm_test_double
+
+from stpm_edge.benchmarks import flops, recommend
+from stpm_edge.benchmarks.cli import main
+from stpm_edge.benchmarks.profiling import stage_shares
+from stpm_edge.benchmarks.report import validate_report
+from stpm_edge.benchmarks.runner import add_compute_metrics
+
+
+def test_int8_matmul_roofline_is_measured() -> None:
+    gops = flops.int8_matmul_gops(128, reps=2, threads=1)
+    assert np.isfinite(gops) and gops > 0
+
+
+def test_int8_records_use_the_int8_roofline() -> None:
+    roof = {"usable_cpus": 2, "theoretical": None,
+            "matmul": {"gflops_by_threads": {"2": 40.0}, "gflops": 40.0},
+            "int8_matmul": {"gops_by_threads": {"2": 160.0}, "gops": 160.0}}  # fmt: skip
+    base = {"device": "cpu", "threads": 2, "throughput_ips": 100.0}
+    int8 = add_compute_metrics({**base, "precision": "int8"}, 0.8, roof)
+    fp32 = add_compute_metrics({**base, "precision": "fp32"}, 0.8, roof)
+    assert int8["roofline_fraction"] == pytest.approx(80.0 / 160.0)
+    assert fp32["roofline_fraction"] == pytest.approx(80.0 / 40.0)
+    assert int8["roofline_ref"].startswith("int8") and fp32["roofline_ref"].startswith("fp32")
+
+
+def _event(name: str, dur: float, ts: float) -> dict:
+    return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur, "ts": ts, "args": {}}
+
+
+def test_stage_shares_attribute_renamed_kernels(tmp_path: Path) -> None:
+    """ORT renames kernels after their output tensor (``c_nchwc``); they keep their stage."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], name="/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["x"], ["f"], name="/pair/teacher/Relu"),
+        helper.make_node("Neg", ["f"], ["c"], name="/Conv"),
+        helper.make_node("Abs", ["c"], ["y"], name="/Abs"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    runs = [{"cat": "Session", "name": "model_run", "ts": t, "dur": 5} for t in (0, 10)]
+    events = runs + [
+        _event("/Cast", 1, 11),
+        _event("QuantizeLinear_/pair/teacher/x_1", 6, 12),
+        _event("c_nchwc", 2, 13),
+        _event("/Abs", 1, 14),
+        _event("ReorderOutput_token_3", 10, 15),
+        _event("/Abs", 99, 1),  # first run: dropped
+    ]
+    shares = stage_shares(events, path)
+    assert shares == pytest.approx({"pre": 0.05, "backbones": 0.3, "tail": 0.15, "other": 0.5})
+
+
+def _rec(model: str, backend: str, mean: float, batch: int = 1) -> dict:
+    return {"model": model, "backend": backend, "mode": "model", "batch": batch, "threads": 2,
+            "precision": "fp32", "runner": backend, "throughput_ips": batch * 1000 / mean,
+            "latency_ms": {"mean": mean, "p50": mean}}  # fmt: skip
+
+
+def test_recommend_picks_fastest_that_passes_parity() -> None:
+    records = [_rec("a.onnx", "ort-cpu", 10.0), _rec("a.onnx", "openvino", 8.0),
+               _rec("a.onnx", "openvino-bf16", 6.0), _rec("a.onnx", "openvino", 2.0, batch=4)]  # fmt: skip
+    verdicts = {"ort-cpu": True, "openvino": True, "openvino-bf16": False}
+    checked = []
+
+    def check(model, backend, threads):
+        checked.append(backend)
+        return {"passed": verdicts[backend], "verdicts_match": verdicts[backend]}
+
+    pick = recommend.recommend(records, check=check)
+    assert pick["backend"] == "openvino" and pick["batch"] == 1  # smallest batch only
+    assert checked == ["openvino-bf16", "openvino"]  # fastest first, stops at the first pass
+    assert [r["backend"] for r in pick["rejected"]] == ["openvino-bf16"]
+    verdicts["openvino"] = True
+    verdicts["openvino-bf16"] = True
+    assert recommend.recommend(records, check=check)["backend"] == "openvino-bf16"
+    assert recommend.recommend(records, check=lambda *a: {"passed": False}) is None
+    assert "No measured configuration" in recommend.render(None)[2]
+
+
+def test_cli_openvino_int8_roofline_and_recommend(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino not installed (pip install '.[openvino]')")
+    model = stpm_test_double(tmp_path / "double_int8.onnx", "int8")
+    out = tmp_path / "report"
+    argv = [str(model), "--backend", "ort-cpu,openvino", "--threads", "1", "--warmup", "1",
+            "--iters", "5", "--matmul-roofline", "--matmul-size", "128", "--recommend",
+            "--no-plots", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert validate_report(report) == []
+    assert report["roofline"]["int8_matmul"]["gops_by_threads"]["1"] > 0
+    runners = {r["backend"]: r for r in report["records"]}
+    assert runners["openvino"]["runner"] == "openvino[CPU,f32]"
+    assert runners["openvino"]["device"] == "cpu"
+    assert all(r["roofline_ref"].startswith("int8") for r in report["records"])
+    pick = report["recommendation"]
+    fastest = min(report["records"], key=lambda r: r["latency_ms"]["mean"])
+    assert pick["backend"] == fastest["backend"] and pick["parity"]["passed"]
+    md = (out / "report.md").read_text()
+    assert "measured int8 matmul" in md and "## Recommendation" in md
