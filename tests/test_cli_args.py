@@ -19,6 +19,7 @@ from stpm_edge.cli.data import build_parser as data_parser
 from stpm_edge.cli.demo import build_parser as demo_parser
 from stpm_edge.cli.evaluate import build_parser as eval_parser
 from stpm_edge.cli.train import build_parser as train_parser
+from stpm_edge.cli.tune import build_parser as tune_parser
 from stpm_edge.export.cli import build_parser as export_parser
 from stpm_edge.runtime.camera import build_parser as camera_parser
 from stpm_edge.runtime.doctor import build_parser as doctor_parser
@@ -34,6 +35,7 @@ PARSERS = {
     "stpm-demo": demo_parser,
     "stpm-data": data_parser,
     "stpm-doctor": doctor_parser,
+    "stpm-tune": tune_parser,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stpm_edge.cli.args import add_logging_args
+from stpm_edge.cli.args import add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Learn from the operator: fine-tune the student of a calibrated checkpoint on its
@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="folder of frames confirmed good (repeatable), e.g. REVIEW/good",
     )
-    p.add_argument("--out", required=True, help="the new checkpoint (a .ckpt file)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_output_args(p, required=True, type=str, help="the new checkpoint (a .ckpt file)")
     o = p.add_argument_group("schedule")
     o.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     o.add_argument(
@@ -71,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     if bool(args.data) != bool(args.category):
         raise ConfigError(note("--data and --category go together", "pass both or neither"))
     options = {k: v for k, v in vars(args).items() if k not in ("verbose", "quiet")}
+    options["force"] = bool(options["force"])  # None: not given (the shared --force)
     report = tune(TuneConfig(**options))
     print(summary(report))
     return 0
