@@ -155,7 +155,7 @@ def score_paths(model, paths: list[Path], device: str) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64)
 
 
-def test_metrics(model, data: str, category: str, device: str) -> dict[str, Any]:
+def labelled_metrics(model, data: str, category: str, device: str) -> dict[str, Any]:
     from stpm_edge.data import MVTecCategory
     from stpm_edge.evaluate import compute_metrics, predict, torch_predictor
 
@@ -165,7 +165,7 @@ def test_metrics(model, data: str, category: str, device: str) -> dict[str, Any]
     return {k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "num_images")}
 
 
-def test_set(cfg: TuneConfig, payload: dict[str, Any]) -> tuple[str, str] | None:
+def labelled_test_set(cfg: TuneConfig, payload: dict[str, Any]) -> tuple[str, str] | None:
     """The labelled test set for the before/after comparison, if one is known."""
     if cfg.data and cfg.category:
         return cfg.data, cfg.category
@@ -208,7 +208,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     return {"lr": lr, "train_loss_per_epoch": losses}
 
 
-def _calibrate(model, payload: dict[str, Any], device: str) -> dict[str, Any]:
+def _calibrate(model, payload: dict[str, Any], device: str, path: str) -> dict[str, Any]:
     """The new calibration by the checkpoint's source (module doc: manual is kept)."""
     from stpm_edge.calibration import recalibrate, with_defaults
     from stpm_edge.evaluate import torch_scorer
@@ -216,7 +216,7 @@ def _calibrate(model, payload: dict[str, Any], device: str) -> dict[str, Any]:
     if not payload.get("calibration"):
         raise DataError(
             note(
-                f"{payload.get('_path', 'the checkpoint')} has no calibration",
+                f"{path} has no calibration",
                 "tune the calibrated RUN/best.ckpt written at the end of stpm-train",
             )
         )
@@ -238,7 +238,6 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
         raise ConfigError(note(f"--epochs {cfg.epochs}", "expected at least 1"))
     out = check_output(cfg)
     payload = load_checkpoint(cfg.checkpoint)
-    payload["_path"] = cfg.checkpoint
     extra = marked_images(cfg.extra_good)
     train, _val = original_split(payload)
     repeats = repeats_for(len(train), len(extra), cfg.extra_share)
@@ -248,13 +247,13 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     model.eval()
     old_cal = payload["calibration"]
     before_scores = score_paths(model, extra, cfg.device)
-    test = test_set(cfg, payload)
-    before_test = test_metrics(model, *test, cfg.device) if test else None
+    test = labelled_test_set(cfg, payload)
+    before_test = labelled_metrics(model, *test, cfg.device) if test else None
     schedule = _fine_tune(model, payload, cfg, train + extra_samples * repeats)
-    new_cal = _calibrate(model, payload, cfg.device)
+    new_cal = _calibrate(model, payload, cfg.device, cfg.checkpoint)
     after_scores = score_paths(model, extra, cfg.device)
-    after_test = test_metrics(model, *test, cfg.device) if test else None
-    kept = {k: v for k, v in payload.items() if k not in DROPPED_KEYS and k != "_path"}
+    after_test = labelled_metrics(model, *test, cfg.device) if test else None
+    kept = {k: v for k, v in payload.items() if k not in DROPPED_KEYS}
     kept["tuned_from"] = {
         "checkpoint": str(Path(cfg.checkpoint).resolve()),
         "extra_good": [str(p) for p in extra],

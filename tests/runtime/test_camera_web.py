@@ -157,3 +157,46 @@ def test_camera_without_ng_folder_shows_frames_but_refuses_marks(tmp_path: Path)
 
     with pytest.raises(ReviewError):
         view.mark("run_00000001.png", "good")
+
+
+def test_attach_web_serves_every_station_camera(tmp_path: Path) -> None:
+    """attach_web subscribes one observer to each loop; each camera keeps its own NG folder."""
+    from stpm_edge.runtime.camera.web import attach_web
+
+    class FakeLoop:
+        def __init__(self, save_ng: str | None) -> None:
+            self.options = SimpleNamespace(save_ng=save_ng)
+            self.observers: list = []
+
+        def add_observer(self, observer) -> None:
+            self.observers.append(observer)
+
+    loops = {"left": FakeLoop(str(tmp_path / "left" / "ng")), "right": FakeLoop(None)}
+    assert attach_web(loops, None, "127.0.0.1") is None and not loops["left"].observers
+    server = attach_web(loops, 0, "127.0.0.1")
+    try:
+        assert server.host == "127.0.0.1" and server.port > 0
+        frame = np.zeros((8, 8, 3), np.uint8)
+        loops["right"].observers[0].on_frame(
+            "right", SimpleNamespace(image=frame), SimpleNamespace(overlay=None), {"verdict": "OK"}
+        )
+        site = SimpleNamespace(server=server)
+        cams = {c["name"]: c for c in json.loads(request(site, "GET", "/api/state")[1])["cameras"]}
+        assert cams["right"]["counts"]["frames"] == 1 and cams["left"]["counts"]["frames"] == 0
+        assert cams["left"]["review"] is True and cams["right"]["review"] is False
+        assert request(site, "GET", "/api/frame/right.jpg")[0] == 200
+        assert request(site, "GET", "/api/frame/left.jpg")[0] == 404  # no frame yet
+    finally:
+        server.close()
+
+
+def test_cli_binds_localhost_by_default_and_a_busy_port_is_a_user_error(site) -> None:
+    from stpm_edge.errors import ConfigError
+    from stpm_edge.runtime.camera import build_parser
+    from stpm_edge.runtime.camera.web import attach_web
+
+    args = build_parser().parse_args(["--http", "8080"])
+    assert (args.http, args.http_host) == (8080, "127.0.0.1")
+    loop = SimpleNamespace(options=SimpleNamespace(save_ng=None), add_observer=lambda o: None)
+    with pytest.raises(ConfigError, match="--http"):
+        attach_web({"cam0": loop}, site.server.port, "127.0.0.1")  # the fixture's port is taken
