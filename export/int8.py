@@ -134,11 +134,10 @@ def quantize_int8(
                 "pass --calib DIR with good images (50-300 is plenty)",
             )
         )
-    if target == "openvino":
-        # H6: return stpm_edge.export.int8_nncf.quantize_nncf(fp32_model, calibration_frames)
-        raise ConfigError(
-            note("INT8 target 'openvino' is not available yet", "use --target cpu or tensorrt")
-        )
+    if target == "openvino":  # NNCF places the Q/DQ pairs for OpenVINO's CPU plugin
+        from stpm_edge.export.int8_nncf import quantize_nncf
+
+        return quantize_nncf(fp32_model, calibration_frames)
     return _quantize_ort(
         fp32_model, calibration_frames, RECIPES[target], method, quantize_adds, progress
     )

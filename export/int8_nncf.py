@@ -85,6 +85,8 @@ def quantize_nncf(
         ExportError: nncf missing, no calibration frames, no backbone node in the graph.
     """
     nncf = import_nncf()
+    if logger.getEffectiveLevel() > logging.DEBUG:  # NNCF logs every ignored node at INFO
+        logging.getLogger("nncf").setLevel(logging.WARNING)
     if len(frames) == 0:
         raise ExportError(
             note("INT8 calibration has no images", "pass --calib DIR with good images (50-300)")

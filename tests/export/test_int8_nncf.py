@@ -1,0 +1,119 @@
+"""INT8 for OpenVINO with NNCF on a tiny graph named like the exporter's (backbone = /pair/)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from stpm_edge.errors import ExportError
+from stpm_edge.export import int8, int8_nncf
+
+SIZE = 16
+
+
+def tiny_fused_graph() -> onnx.ModelProto:
+    """uint8 NHWC -> /pair/ conv-relu-conv (the 'backbone') -> float tail (square, mean, max)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "inv255"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["xf"], name="/Cast", to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["xf"], ["xt"], name="/Transpose", perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["xt", "inv255"], ["x"], name="/Mul"),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="/pair/Conv", pads=[1] * 4),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/pair/Relu"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="/pair/Conv_1", pads=[1] * 4),
+        helper.make_node("Mul", ["c2", "c2"], ["sq"], name="/Mul_1"),
+        helper.make_node(
+            "ReduceMean", ["sq"], ["anomaly_map"], name="/ReduceMean", axes=[1], keepdims=1
+        ),
+        helper.make_node(
+            "ReduceMax", ["anomaly_map"], ["score"], name="/ReduceMax", axes=[1, 2, 3], keepdims=0
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_fused",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", SIZE, SIZE, 3])],
+        [
+            helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, SIZE, SIZE]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    helper.set_model_props(model, {"stpm.precision": "fp32", "stpm.format": "stpm-edge-onnx/1"})
+    onnx.checker.check_model(model)
+    return model
+
+
+def _frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def _run_ort(model: onnx.ModelProto, frames: np.ndarray) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"image": frames}), strict=True))
+
+
+def test_quantize_nncf_backbone_only() -> None:
+    pytest.importorskip("nncf", reason="nncf not installed (pip install '.[quantization]')")
+    fp32 = tiny_fused_graph()
+    q = int8_nncf.quantize_nncf(fp32, _frames(8), subset_size=8)
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("QuantizeLinear") >= 2 and "DequantizeLinear" in ops
+    # every activation quantiser feeds the backbone; the float tail is never quantised
+    consumers = {i: n for n in q.graph.node for i in n.input}
+    for node in q.graph.node:
+        if node.op_type == "QuantizeLinear":
+            dq = consumers[node.output[0]]
+            assert dq.op_type == "DequantizeLinear"
+            assert consumers[dq.output[0]].name.startswith("/pair/"), dq.output[0]
+    assert {p.key: p.value for p in q.metadata_props}["stpm.format"] == "stpm-edge-onnx/1"
+    onnx.checker.check_model(q)
+    frames = _frames(4, seed=1)
+    want, got = _run_ort(fp32, frames), _run_ort(q, frames)
+    assert np.isfinite(got["anomaly_map"]).all()
+    rel = np.abs(got["score"] - want["score"]) / np.abs(want["score"])
+    assert rel.max() < 0.2  # 8-bit backbone, float tail: close, not equal
+
+
+def test_quantize_nncf_errors() -> None:
+    pytest.importorskip("nncf", reason="nncf not installed (pip install '.[quantization]')")
+    with pytest.raises(ExportError, match="no images"):
+        int8_nncf.quantize_nncf(tiny_fused_graph(), _frames(0))
+    with pytest.raises(ExportError, match="unknown NNCF preset"):
+        int8_nncf.quantize_nncf(tiny_fused_graph(), _frames(2), preset="fast")
+    graph = tiny_fused_graph()
+    for node in graph.graph.node:
+        node.name = node.name.replace("/pair/", "/other/")
+    with pytest.raises(ExportError, match="no node named /pair/"):
+        int8_nncf.quantize_nncf(graph, _frames(2))
+
+
+def test_missing_nncf_says_what_to_install(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(ExportError, match=r"stpm-edge\[quantization\]"):
+        int8_nncf.quantize_nncf(tiny_fused_graph(), _frames(2))
+
+
+def test_int8_target_openvino_dispatches_to_nncf(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(
+        int8_nncf, "quantize_nncf", lambda graph, frames: calls.append(len(frames)) or graph
+    )
+    graph = tiny_fused_graph()
+    assert int8.quantize_int8(graph, _frames(3), target="openvino") is graph
+    assert calls == [3]
