@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="minmax",
         help="INT8 activation-range estimator",
     )
+    q.add_argument(
+        "--gate",
+        type=Path,
+        metavar="DATA_ROOT",
+        help="INT8 accuracy gate: fail unless image/pixel AUROC on DATA_ROOT/--gate-category's "
+        "labelled test split stay within 0.005/0.002 of the fp32 graph's",
+    )
+    q.add_argument("--gate-category", metavar="CAT", help="category folder for --gate")
     t = p.add_argument_group("TensorRT engine (build on the device that will run it)")
     t.add_argument(
         "--engine",
@@ -232,6 +240,10 @@ def _check_args(args: argparse.Namespace) -> None:
                 "(or --check-trt MODEL.onnx to check a file)",
             )
         )
+    if args.gate is not None and (not args.int8 or not args.gate_category):
+        raise ConfigError(
+            note("--gate checks an INT8 export", "use it with --int8 and --gate-category CAT")
+        )
     if args.int8 and args.calib is None:
         raise ConfigError(
             note(
@@ -321,6 +333,7 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     graph = G.build_graph(model, payload["calibration"], options, sha)
     frames = graph_feed(_calibration_rgb(args, model.config.image_size), options, model.config)
     target = _target(args)
+    fp32_graph = graph if args.gate is not None else None
     if precision == "int8":
         from stpm_edge.export.int8 import quantize_int8
 
@@ -334,6 +347,10 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
         G.check(graph, "int8 export")
     G.set_metadata(graph, G.read_metadata(graph) | {"stpm.target": target})
     _recalibrate(graph, payload, model.config, options, args)
+    if fp32_graph is not None:  # --gate: the measured AUROC loss decides before any write
+        from stpm_edge.export.int8_gate import gate_graphs, require_gate
+
+        require_gate(gate_graphs(fp32_graph, graph, args.gate, args.gate_category, target))
     # parity on a bounded sample: calibration may hold hundreds of frames, the check needs few
     report = _parity(
         graph, model, payload["calibration"], options, frames[:PARITY_FRAMES], precision

@@ -151,3 +151,33 @@ def require_gate(result: GateResult, what: str = "INT8 export") -> None:
                 "another --target, or deploy the fp32/fp16 graph",
             )
         )
+
+
+def gate_backend(target: str) -> str:
+    """The engine an INT8 graph of ``target`` is gated on: where it will run, when installed here
+    (OpenVINO for ``openvino``); ONNX Runtime CPU otherwise (for ``tensorrt`` an approximation:
+    TensorRT is not on this machine)."""
+    if target == "openvino":
+        from stpm_edge.runtime.runners import available_backends
+
+        if "openvino" in available_backends():
+            return "openvino"
+    return "ort-cpu"
+
+
+def gate_graphs(
+    fp32_graph: Any, int8_graph: Any, data_root: str | Path, category: str, target: str = "cpu"
+) -> GateResult:
+    """:func:`accuracy_gate` on in-memory graphs (``onnx.ModelProto``), as ``stpm-export`` has
+    them before writing: both are saved to a temporary folder first."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(fp32_graph, str(fp32_path))
+        onnx.save(int8_graph, str(int8_path))
+        return accuracy_gate(
+            fp32_path, int8_path, data_root, category, int8_backend=gate_backend(target)
+        )
