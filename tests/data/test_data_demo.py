@@ -80,9 +80,7 @@ def test_test_images_never_repeat_training_pixels(tmp_path, monkeypatch):
     photo[:, TRAIN_COLS[0] : TRAIN_COLS[1]] = 0.25
     photo[:, TEST_COLS[0] : TEST_COLS[1]] = 0.75
     real_photo = demo.photo
-    monkeypatch.setattr(
-        demo, "photo", lambda name: photo if name == "gravel" else real_photo(name)
-    )
+    monkeypatch.setattr(demo, "photo", lambda name: photo if name == "gravel" else real_photo(name))
     args = {**SMALL, "n_train": 12, "n_test_good": 12, "n_test_defect": 4}
     root = build_demo_dataset(tmp_path / "ds", ["gravel"], **args)
     red = 0.97 * 255  # gravel's tint of the red channel
