@@ -175,6 +175,8 @@ def _roofline(args: argparse.Namespace, env: dict[str, Any], threads: list[int |
                           "gflops_by_threads": by, "gflops": max(by.values())}  # fmt: skip
         logger.info("matmul roofline: %s GFLOP/s", by)
         roof["int8_matmul"] = _int8_roofline(args.matmul_size, counts)
+        if any(b.endswith("-bf16") for b in _backends(args.backend)):
+            roof["bf16_matmul"] = _bf16_roofline(args.matmul_size, counts)
     return roof
 
 
@@ -189,6 +191,19 @@ def _int8_roofline(n: int, counts: list[int]) -> dict[str, Any] | None:
     return {"n": n, "reps": 3, "dtype": "uint8 x int8 -> int32",
             "engine": "onnxruntime MatMulInteger", "gops_by_threads": by,
             "gops": max(by.values())}  # fmt: skip
+
+
+def _bf16_roofline(n: int, counts: list[int]) -> dict[str, Any] | None:
+    """The bf16 matmul roofline (OpenVINO) per thread count, or None when it cannot run."""
+    try:
+        by = {str(t): flops.bf16_matmul_gflops(n, reps=3, threads=t) for t in counts}
+    except Exception as exc:  # no openvino, or no bf16 on this CPU: context only
+        logger.warning("bf16 matmul roofline failed: %s", exc)
+        return None
+    logger.info("bf16 matmul roofline: %s GFLOP/s", by)
+    return {"n": n, "reps": 3, "dtype": "bfloat16 (float32 in/out)",
+            "engine": "openvino MatMul, INFERENCE_PRECISION_HINT=bf16",
+            "gops_by_threads": by, "gops": max(by.values())}  # fmt: skip
 
 
 def _flops_of(model: str) -> dict[str, Any] | None:

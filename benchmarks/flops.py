@@ -286,3 +286,28 @@ def int8_matmul_gops(n: int = 2048, reps: int = 3, threads: int | None = None) -
         session.run(None, {"a": a})
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best / 1e9
+
+
+def bf16_matmul_gflops(n: int = 2048, reps: int = 3, threads: int | None = None) -> float:
+    """Best-of-``reps`` GFLOP/s of an ``(n, n) @ (n, n)`` matmul that OpenVINO runs in bf16
+    (``INFERENCE_PRECISION_HINT=bf16``: AVX-512 BF16 / AMX where the CPU has them): the roofline
+    of records run with ``openvino-bf16``. Needs openvino (ImportError otherwise)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    a = ops.parameter([n, n], np.float32, name="a")
+    b = ops.constant(rng.standard_normal((n, n), dtype=np.float32))
+    model = ov.Model([ops.matmul(a, b, False, False)], [a], "bf16_roofline")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    request.infer({0: x})  # warm up
+    best = math.inf
+    for _ in range(max(1, reps)):
+        t0 = time.perf_counter()
+        request.infer({0: x})
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9

@@ -215,13 +215,14 @@ def _roofline_lines(roofline: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("- matmul roofline not measured (pass --matmul-roofline)")
-    int8 = roofline.get("int8_matmul")
-    if int8:
-        per = ", ".join(f"{t} threads: {g:.1f}" for t, g in int8["gops_by_threads"].items())
-        lines.append(
-            f"- measured int8 matmul ({int8['dtype']}, {int8['engine']}, {int8['n']}x{int8['n']}, "
-            f"best of {int8['reps']}): {per} GOP/s — the roofline of int8 records"
-        )
+    for kind, unit in (("int8", "GOP/s"), ("bf16", "GFLOP/s")):
+        low = roofline.get(f"{kind}_matmul")
+        if low:
+            per = ", ".join(f"{t} threads: {g:.1f}" for t, g in low["gops_by_threads"].items())
+            lines.append(
+                f"- measured {kind} matmul ({low['dtype']}, {low['engine']}, {low['n']}x{low['n']}, "
+                f"best of {low['reps']}): {per} {unit} — the roofline of {kind} records"
+            )
     peak = roofline.get("theoretical")
     if peak:
         lines.append(

@@ -523,9 +523,9 @@ def add_compute_metrics(
 
     The rooflines are CPU numbers: GPU records get ``None`` fractions. A record's thread count
     picks the matmul measured with the same threads when there is one; ``threads=None`` (the
-    runtime's default) is compared with all usable CPUs. An int8 record is compared with the int8
-    matmul roofline when one was measured (its ops are int8 dot products), everything else with
-    the float32 one; ``roofline_ref`` names the one used.
+    runtime's default) is compared with all usable CPUs. An int8 (bf16) record is compared with
+    the int8 (bf16) matmul roofline when one was measured, everything else with the float32 one;
+    ``roofline_ref`` names the one used.
     """
     record["gflop_per_image"] = gflop_per_image
     achieved = None if gflop_per_image is None else gflop_per_image * record["throughput_ips"]
@@ -535,9 +535,10 @@ def add_compute_metrics(
     if achieved is None or record.get("device") != "cpu":
         return record
     threads = record.get("threads") or roofline.get("usable_cpus") or 1
-    int8 = roofline.get("int8_matmul") if record.get("precision") == "int8" else None
-    if int8:
-        by_threads, best, ref_name = int8.get("gops_by_threads") or {}, int8.get("gops"), "int8"
+    precision = record.get("precision")
+    low = roofline.get(f"{precision}_matmul") if precision in ("int8", "bf16") else None
+    if low:
+        by_threads, best, ref_name = low.get("gops_by_threads") or {}, low.get("gops"), precision
     else:
         matmul = roofline.get("matmul") or {}
         by_threads, best, ref_name = (

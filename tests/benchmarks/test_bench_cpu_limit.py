@@ -22,6 +22,11 @@ def test_int8_matmul_roofline_is_measured() -> None:
     assert np.isfinite(gops) and gops > 0
 
 
+def test_bf16_matmul_roofline_is_measured() -> None:
+    pytest.importorskip("openvino", reason="openvino not installed (pip install '.[openvino]')")
+    assert flops.bf16_matmul_gflops(128, reps=2, threads=1) > 0
+
+
 def test_int8_records_use_the_int8_roofline() -> None:
     roof = {"usable_cpus": 2, "theoretical": None,
             "matmul": {"gflops_by_threads": {"2": 40.0}, "gflops": 40.0},
@@ -32,6 +37,9 @@ def test_int8_records_use_the_int8_roofline() -> None:
     assert int8["roofline_fraction"] == pytest.approx(80.0 / 160.0)
     assert fp32["roofline_fraction"] == pytest.approx(80.0 / 40.0)
     assert int8["roofline_ref"].startswith("int8") and fp32["roofline_ref"].startswith("fp32")
+    roof["bf16_matmul"] = {"gops_by_threads": {"2": 80.0}, "gops": 80.0}
+    bf16 = add_compute_metrics({**base, "precision": "bf16"}, 0.8, roof)
+    assert bf16["roofline_fraction"] == pytest.approx(80.0 / 80.0)
 
 
 def _event(name: str, dur: float, ts: float) -> dict:
