@@ -98,6 +98,9 @@ def export_all(ckpt: Path, out_dir: Path, calib_dir: Path) -> dict[str, dict]:
         ("fp32", []),
         ("fp16", ["--fp16"]),
         ("int8", ["--int8", "--calib", str(calib_dir)]),
+        # the TensorRT-valid INT8 graph (symmetric, Clips kept): its accuracy is checked here on
+        # ORT CPU, since no TensorRT is at hand (speed on a CPU is the cpu target's business)
+        ("int8_trt", ["--int8", "--target", "tensorrt", "--calib", str(calib_dir)]),
     ):
         path = out_dir / f"model_{precision}.onnx"
         args = build_parser().parse_args([str(ckpt), "-o", str(path), "-q", *flags])
