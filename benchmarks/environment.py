@@ -25,6 +25,8 @@ LIBRARIES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
     "onnx": ("onnx",),
     "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-libs"),
+    "openvino": ("openvino",),
+    "nncf": ("nncf",),
     "torch": ("torch",),
     "numpy": ("numpy",),
     "opencv": ("opencv-python-headless", "opencv-python", "opencv-contrib-python"),
