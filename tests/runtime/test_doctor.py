@@ -177,7 +177,7 @@ class TrtDevice:
             onnx_path, tmp_path / "model.engine", batch=(1, 4, 8), trt_module=trt
         )
         self.engine = info.engine_path
-        real = doctor._detector
+        real = doctor.backends._detector  # the factory the reference and backend checks call
 
         def detector(path: Path, backend: str):
             if backend != "tensorrt":
@@ -185,7 +185,7 @@ class TrtDevice:
             runner = TrtRunner(path, trt_module=trt, cudart_module=self.cudart)
             return AnomalyDetector(runner)
 
-        monkeypatch.setattr(doctor, "_detector", detector)
+        monkeypatch.setattr(doctor.backends, "_detector", detector)
 
 
 def test_engine_checked_through_the_tensorrt_double(fake_onnx, tmp_path, monkeypatch) -> None:

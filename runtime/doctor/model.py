@@ -1,0 +1,83 @@
+"""The model checks that need only onnx: its ``stpm.*`` metadata and the TensorRT parser rules."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .check import FAIL, PASS, SKIP, WARN, Check
+from .environment import major_minor
+
+logger = logging.getLogger(__name__)
+
+
+def model_metadata(path: Path) -> dict[str, str] | None:
+    """The ``stpm.*`` props of MODEL (how it was exported), None when onnx cannot read them."""
+    try:
+        from stpm_edge.benchmarks.runner import model_metadata as read
+
+        return read(path)
+    except Exception as exc:  # onnx missing or a broken file: the checks report the latter
+        logger.debug("metadata of %s unreadable: %s", path, exc)
+        return None
+
+
+def default_trt_version(env: dict[str, Any]) -> str:
+    """The installed TensorRT's ``major.minor``, else 10.3 (JetPack 6.1/6.2)."""
+    version = env.get("tensorrt", {}).get("version")
+    parts = major_minor(version)
+    return ".".join(str(p) for p in parts) if len(parts) == 2 else "10.3"
+
+
+def summarize_violations(
+    violations: list[Any], formatter: Callable[[list[Any]], str], first: int = 5
+) -> str:
+    """Count per rule, then the first few in full (a bad INT8 graph has hundreds; the full list
+    is in doctor.json)."""
+    counts: dict[str, int] = {}
+    for v in violations:
+        counts[v.rule] = counts.get(v.rule, 0) + 1
+    rules = ", ".join(f"{rule} x{n}" for rule, n in counts.items())
+    text = f"{len(violations)} violation(s): {rules}\n{formatter(violations[:first])}"
+    return text + ("\n  ... (all of them in doctor.json)" if len(violations) > first else "")
+
+
+def int8_target(meta: dict[str, str] | None) -> str | None:
+    """``stpm.int8_target`` of an INT8 graph (``cpu``/``tensorrt``/``openvino``), else None."""
+    meta = meta or {}
+    return meta.get("stpm.int8_target") if meta.get("stpm.precision") == "int8" else None
+
+
+def tensorrt_check(model: Path, trt_version: str, meta: dict[str, str] | None = None) -> Check:
+    """The project's TensorRT parser rules on MODEL (onnx only, no TensorRT needed).
+
+    A violation fails the run, except in an INT8 graph exported for another runtime
+    (``--target cpu``/``openvino``): that graph is not meant for TensorRT, so it is a warning.
+    """
+    name = f"TensorRT {trt_version} compatibility"
+    try:
+        import onnx  # noqa: F401  (the check reads the graph with onnx)
+    except ImportError:
+        return Check(name, SKIP, "skipped: onnx not installed (pip install onnx)")
+    try:
+        from stpm_edge.export.trt_check import check_model, format_violations
+    except ImportError as exc:
+        return Check(name, SKIP, f"skipped: stpm_edge.export.trt_check unavailable ({exc})")
+    try:
+        violations = check_model(model, trt_version=trt_version)
+    except Exception as exc:  # a graph the checker cannot read is a failure to report
+        return Check(name, FAIL, f"{type(exc).__name__}: {exc}")
+    if not violations:
+        return Check(name, PASS, "no documented TensorRT ONNX-parser limit violated")
+    rows = {"violations": [asdict(v) for v in violations]}
+    detail = summarize_violations(violations, format_violations)
+    target = int8_target(meta)
+    if target not in (None, "tensorrt"):
+        why = (
+            f"INT8 graph exported for target {target}, not TensorRT (stpm-export --target tensorrt)"
+        )
+        return Check(name, WARN, f"{why}; {detail}", rows)
+    return Check(name, FAIL, detail, rows)
