@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="profile ONNX Runtime per operator (extra run) and add top-N tables",
+        help="profile per operator (extra run) and add top-N tables: ONNX Runtime's profiler, "
+        "OpenVINO's per-node counters (batch 1)",
     )
     p.add_argument("--profile-iters", type=int, default=20, help="iterations of the profiled run")
     p.add_argument("--profile-top", type=int, default=10, help="rows per profile table")

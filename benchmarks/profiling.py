@@ -204,3 +204,48 @@ def stage_shares(
         totals[_stage_of(name, stages)] += float(e["dur"])
     grand = sum(totals.values()) or 1.0
     return {k: totals.get(k, 0.0) / grand for k in ("pre", "backbones", "tail", "other")}
+
+
+def reduce_openvino_counts(
+    runs: list[list[dict[str, Any]]], model_path: str | Path | None = None, top: int = 10
+) -> dict[str, Any]:
+    """Top-N tables (same rows as :func:`reduce_ort_profile`) from OpenVINO per-node counters.
+
+    Args:
+        runs: one ``OpenVinoRunner.perf_counts()`` list per profiled run.
+        model_path: the ONNX file, for the stage split (``stages``); None skips it.
+        top: rows kept per table.
+    """
+    by_type: dict[str, float] = defaultdict(float)
+    by_node: dict[str, float] = defaultdict(float)
+    type_calls: dict[str, int] = defaultdict(int)
+    node_calls: dict[str, int] = defaultdict(int)
+    node_type: dict[str, str] = {}
+    for counts in runs:
+        for row in counts:
+            by_type[row["type"]] += row["us"]
+            by_node[row["name"]] += row["us"]
+            type_calls[row["type"]] += 1
+            node_calls[row["name"]] += 1
+            node_type[row["name"]] = row["type"]
+    n = max(1, len(runs))
+    node_rows = _rows(by_node, node_calls, n, top)
+    for row in node_rows:
+        row["op_type"] = node_type[row["name"]]
+    result: dict[str, Any] = {
+        "runs": n,
+        "node_ms_per_run": sum(by_type.values()) / 1000.0 / n,
+        "by_op_type": _rows(by_type, type_calls, n, top),
+        "by_node": node_rows,
+        "stages": None,
+    }
+    if model_path is not None:
+        stages = graph_stages(model_path)
+        totals: dict[str, float] = defaultdict(float)
+        for name, us in by_node.items():
+            totals[_stage_of(name, stages)] += us
+        grand = sum(totals.values()) or 1.0
+        result["stages"] = {
+            k: totals.get(k, 0.0) / grand for k in ("pre", "backbones", "tail", "other")
+        }
+    return result

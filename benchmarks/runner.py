@@ -34,6 +34,7 @@ import numpy as np
 
 from stpm_edge.benchmarks.profiling import (
     make_trt_layer_profiler,
+    reduce_openvino_counts,
     reduce_ort_profile,
     stage_shares,
 )
@@ -370,8 +371,24 @@ def bench_model(job: Job) -> dict[str, Any]:
         _attach_profile(record, profile)
         if profile and profile.get("file"):
             record["profile_stages"] = _stage_shares(profile["file"], job.model)
+    if job.profile_prefix and record["runner"].startswith("openvino") and job.batch == 1:
+        profile = _profile_openvino(job, feeds)
+        _attach_profile(record, profile)
+        record["profile_stages"] = profile["stages"]
     _attach_profile(record, trt_profile)
     return record
+
+
+def _profile_openvino(job: Job, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+    """OpenVINO's per-node counters (``PERF_COUNT``) over ``job.profile_iters`` runs."""
+    runs = []
+    with _create_runner(job.model, job.backend, job.threads, perf_count=True) as runner:
+        runner.infer(feeds)  # the first run is dropped, as for ONNX Runtime
+        for _ in range(job.profile_iters):
+            runner.infer(feeds)
+            runs.append(runner.perf_counts())
+    model = job.model if job.model.endswith(".onnx") else None
+    return {"file": None, **reduce_openvino_counts(runs, model, job.profile_top)}
 
 
 def _stage_shares(trace: str, model: str) -> dict[str, float] | None:

@@ -110,6 +110,8 @@ class OpenVinoRunner(Runner):
         num_requests: parallel requests in throughput mode; ``None`` = the compiled model's
             ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``.
         config: extra OpenVINO properties, applied last (they win).
+        perf_count: collect OpenVINO's per-node timings (``PERF_COUNT``; a little overhead);
+            :meth:`perf_counts` returns those of the last batch-1/latency request.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class OpenVinoRunner(Runner):
         device: str = "CPU",
         num_requests: int | None = None,
         config: dict[str, Any] | None = None,
+        perf_count: bool = False,
     ) -> None:
         if threads is not None and threads < 1:
             raise BackendError(note(f"threads must be >= 1, got {threads}", "None = all cores"))
@@ -140,6 +143,7 @@ class OpenVinoRunner(Runner):
         self.device = device
         self.num_requests = num_requests
         self.config = dict(config or {})
+        self.perf_count = perf_count
         self._ov: Any = None
         self._core: Any = None
         self._ov_model: Any = None
@@ -181,6 +185,8 @@ class OpenVinoRunner(Runner):
         }
         if self.threads is not None:
             props["INFERENCE_NUM_THREADS"] = int(self.threads)
+        if self.perf_count:
+            props["PERF_COUNT"] = True
         props.update(self.config)
         return props
 
@@ -266,6 +272,18 @@ class OpenVinoRunner(Runner):
 
     def _output_names(self) -> list[str]:
         return list(self._outputs)
+
+    def perf_counts(self) -> list[dict[str, Any]]:
+        """Per-node ``{"name", "type", "exec_type", "us"}`` of the last latency-mode request
+        (``perf_count=True`` only; empty otherwise)."""
+        self._require_loaded("perf_counts")
+        if not self.perf_count or self._request is None:
+            return []
+        return [
+            {"name": p.node_name, "type": p.node_type, "exec_type": p.exec_type,
+             "us": p.real_time.total_seconds() * 1e6}
+            for p in self._request.profiling_info
+        ]  # fmt: skip
 
     def _metadata(self) -> dict[str, str]:
         return dict(self._meta)

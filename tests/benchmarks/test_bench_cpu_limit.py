@@ -78,6 +78,21 @@ def test_stage_shares_attribute_renamed_kernels(tmp_path: Path) -> None:
     assert shares == pytest.approx({"pre": 0.05, "backbones": 0.3, "tail": 0.15, "other": 0.5})
 
 
+def test_reduce_openvino_counts(tmp_path: Path) -> None:
+    from stpm_edge.benchmarks.profiling import reduce_openvino_counts
+
+    model = stpm_test_double(tmp_path / "m.onnx")
+    run = [{"name": "c", "type": "Convolution", "exec_type": "jit", "us": 300.0},
+           {"name": "sq", "type": "Multiply", "exec_type": "jit", "us": 100.0}]  # fmt: skip
+    table = reduce_openvino_counts([run, run], None, top=5)
+    assert table["runs"] == 2 and table["node_ms_per_run"] == pytest.approx(0.4)
+    assert [r["name"] for r in table["by_op_type"]] == ["Convolution", "Multiply"]
+    assert table["by_node"][0]["percent"] == pytest.approx(75.0)
+    assert table["stages"] is None
+    # the double has no /pair/ node: everything is pre-processing
+    assert reduce_openvino_counts([run], model)["stages"]["pre"] == pytest.approx(1.0)
+
+
 def _rec(model: str, backend: str, mean: float, batch: int = 1) -> dict:
     return {"model": model, "backend": backend, "mode": "model", "batch": batch, "threads": 2,
             "precision": "fp32", "runner": backend, "throughput_ips": batch * 1000 / mean,
@@ -111,6 +126,7 @@ def test_cli_openvino_int8_roofline_and_recommend(tmp_path: Path) -> None:
     out = tmp_path / "report"
     argv = [str(model), "--backend", "ort-cpu,openvino", "--threads", "1", "--warmup", "1",
             "--iters", "5", "--matmul-roofline", "--matmul-size", "128", "--recommend",
+            "--profile", "--profile-iters", "3",
             "--no-plots", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
@@ -119,6 +135,8 @@ def test_cli_openvino_int8_roofline_and_recommend(tmp_path: Path) -> None:
     runners = {r["backend"]: r for r in report["records"]}
     assert runners["openvino"]["runner"] == "openvino[CPU,f32]"
     assert runners["openvino"]["device"] == "cpu"
+    for rec in runners.values():  # both engines profiled, each with its stage split
+        assert rec["profile_top"] and sum(rec["profile_stages"].values()) == pytest.approx(1.0)
     assert all(r["roofline_ref"].startswith("int8") for r in report["records"])
     pick = report["recommendation"]
     fastest = min(report["records"], key=lambda r: r["latency_ms"]["mean"])

@@ -145,3 +145,14 @@ def test_real_model_parity_with_onnxruntime(exported_onnx, real_frames_bgr) -> N
     assert np.abs(got["anomaly_map"] - want["anomaly_map"]).max() <= 1e-4 * peak
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-4)
     np.testing.assert_array_equal(got["score"] >= threshold, want["score"] >= threshold)
+
+
+def test_perf_counts(fake_onnx) -> None:
+    feeds = {"image": _frames(1)}
+    with OpenVinoRunner(fake_onnx, perf_count=True) as runner:
+        runner.infer(feeds)
+        rows = runner.perf_counts()
+    assert rows and all(r["us"] >= 0 and r["name"] and r["type"] for r in rows)
+    with OpenVinoRunner(fake_onnx) as runner:
+        runner.infer(feeds)
+        assert runner.perf_counts() == []
