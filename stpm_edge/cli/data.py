@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from stpm_edge.cli.args import add_force_args, add_logging_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
@@ -42,16 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write an MVTec-AD-layout dataset of texture photos with synthetic defects "
         "and exact masks. Same arguments -> byte-identical files.",
     )
-    demo.add_argument(
-        "--out", required=True, metavar="DIR", help="dataset root to create (absent or empty)"
-    )
-    demo.add_argument(
-        "--categories",
-        type=_csv,
-        default=",".join(TEXTURES),
-        metavar="LIST",
-        help=f"comma-separated texture categories, from {','.join(TEXTURES)}",
-    )
+    _add_dataset_args(demo, TEXTURES, "texture categories", counts=(72, 16, 20))
     demo.add_argument(
         "--defect-types",
         type=_csv,
@@ -59,16 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help=f"comma-separated defect types, from {','.join(DEFECT_TYPES)}",
     )
-    demo.add_argument("--n-train", type=int, default=72, help="good training images per category")
-    demo.add_argument("--n-test-good", type=int, default=16, help="good test images per category")
-    demo.add_argument(
-        "--n-test-defect",
-        type=int,
-        default=20,
-        help="defective test images per category, spread over the defect types",
-    )
-    demo.add_argument("--image-size", type=int, default=256, help="side of the square images (px)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed")
     add_force_args(demo)  # replaces only the demo's own category folders and README
 
     _add_bench_parser(sub)
@@ -106,66 +88,75 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "textures and rendered parts in random pose and light, thin/faint/geometric defects with "
         "exact masks. Same arguments -> byte-identical files.",
     )
-    bench.add_argument(
+    _add_dataset_args(bench, CATEGORIES, "categories", counts=(80, 50, 60))
+    add_force_args(bench)  # replaces only the benchmark's own category folders and README
+
+
+def _add_dataset_args(
+    parser: argparse.ArgumentParser,
+    categories: Sequence[str],
+    what: str,
+    counts: tuple[int, int, int],
+) -> None:
+    """The options every dataset builder takes; ``counts`` = default train/good/defect images."""
+    n_train, n_good, n_defect = counts
+    parser.add_argument(
         "--out", required=True, metavar="DIR", help="dataset root to create (absent or empty)"
     )
-    bench.add_argument(
+    parser.add_argument(
         "--categories",
         type=_csv,
-        default=",".join(CATEGORIES),
+        default=",".join(categories),
         metavar="LIST",
-        help=f"comma-separated categories, from {','.join(CATEGORIES)}",
+        help=f"comma-separated {what}, from {','.join(categories)}",
     )
-    bench.add_argument("--n-train", type=int, default=80, help="good training images per category")
-    bench.add_argument("--n-test-good", type=int, default=50, help="good test images per category")
-    bench.add_argument(
+    parser.add_argument(
+        "--n-train", type=int, default=n_train, help="good training images per category"
+    )
+    parser.add_argument(
+        "--n-test-good", type=int, default=n_good, help="good test images per category"
+    )
+    parser.add_argument(
         "--n-test-defect",
         type=int,
-        default=60,
+        default=n_defect,
         help="defective test images per category, spread over its defect types",
     )
-    bench.add_argument("--image-size", type=int, default=256, help="side of the square images (px)")
-    bench.add_argument("--seed", type=int, default=0, help="random seed")
-    add_force_args(bench)  # replaces only the benchmark's own category folders and README
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="side of the square images (px)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def _build_dataset(build: Callable[..., Any], what: str, args: argparse.Namespace, **extra) -> int:
+    """Run one dataset builder with the shared options and print where it went."""
+    start = time.perf_counter()
+    out = build(
+        args.out,
+        categories=args.categories,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_defect=args.n_test_defect,
+        image_size=args.image_size,
+        seed=args.seed,
+        force=bool(args.force),
+        **extra,
+    )
+    print(f"{what} dataset written to {out} in {time.perf_counter() - start:.1f} s")
+    print(f"categories: {', '.join(args.categories)} (train with --data {out} --category NAME)")
+    return 0
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from stpm_edge.data.bench import build_bench_dataset
 
-    start = time.perf_counter()
-    out = build_bench_dataset(
-        args.out,
-        categories=args.categories,
-        n_train=args.n_train,
-        n_test_good=args.n_test_good,
-        n_test_defect=args.n_test_defect,
-        image_size=args.image_size,
-        seed=args.seed,
-        force=bool(args.force),
-    )
-    print(f"benchmark dataset written to {out} in {time.perf_counter() - start:.1f} s")
-    print(f"categories: {', '.join(args.categories)} (train with --data {out} --category NAME)")
-    return 0
+    return _build_dataset(build_bench_dataset, "benchmark", args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from stpm_edge.data.demo import build_demo_dataset
 
-    start = time.perf_counter()
-    out = build_demo_dataset(
-        args.out,
-        categories=args.categories,
-        n_train=args.n_train,
-        n_test_good=args.n_test_good,
-        n_test_defect=args.n_test_defect,
-        image_size=args.image_size,
-        seed=args.seed,
-        force=bool(args.force),
-        defect_types=args.defect_types,
-    )
-    print(f"demo dataset written to {out} in {time.perf_counter() - start:.1f} s")
-    print(f"categories: {', '.join(args.categories)} (train with --data {out} --category NAME)")
-    return 0
+    return _build_dataset(build_demo_dataset, "demo", args, defect_types=args.defect_types)
 
 
 def _run_check(args: argparse.Namespace) -> int:

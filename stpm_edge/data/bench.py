@@ -53,12 +53,13 @@ from pathlib import Path
 import numpy as np
 
 from stpm_edge.data.synth.common import (
+    check_counts,
     exact_change,
     image_rng,
     mean_change,
     prepare_output,
     spread_counts,
-    write_png,
+    write_category,
 )
 from stpm_edge.data.synth.defects import SURFACE_DEFECTS, draw_surface_defect
 from stpm_edge.data.synth.parts import PARTS, Scene, render
@@ -125,27 +126,17 @@ def build_category(
     seed: int,
 ) -> dict[str, int]:
     """Write one category under ``out/<category>``; returns the image count per split."""
-    root = out / category
-    for i in range(n_train):
-        shot = shoot(category, "train", image_rng(seed, category, "train", i), size)
-        write_png(root / "train" / "good" / f"{i:03d}.png", shot.image)
-    for i in range(n_test_good):
-        shot = shoot(category, "test", image_rng(seed, category, "test/good", i), size)
-        write_png(root / "test" / "good" / f"{i:03d}.png", shot.image)
-    counts = {"train/good": n_train, "test/good": n_test_good}
-    for defect, n in spread_counts(n_test_defect, CATEGORIES[category]).items():
-        for i in range(n):
-            rng = image_rng(seed, category, f"test/{defect}", i)
-            image, mask = add_defect(
-                category, shoot(category, "test", rng, size), defect, rng, i % 2 == 1
-            )
-            write_png(root / "test" / defect / f"{i:03d}.png", image)
-            write_png(
-                root / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255
-            )
-        if n:
-            counts[f"test/{defect}"] = n
-    return counts
+
+    def good(split: str, i: int) -> np.ndarray:
+        key = "train" if split == "train" else "test/good"
+        return shoot(category, split, image_rng(seed, category, key, i), size).image
+
+    def defective(defect: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = image_rng(seed, category, f"test/{defect}", i)
+        return add_defect(category, shoot(category, "test", rng, size), defect, rng, i % 2 == 1)
+
+    defects = spread_counts(n_test_defect, CATEGORIES[category])
+    return write_category(out / category, n_train, n_test_good, defects, good, defective)
 
 
 def _check_args(
@@ -160,17 +151,7 @@ def _check_args(
             raise ConfigError(
                 note(f"unknown benchmark category '{name}'", f"available: {', '.join(CATEGORIES)}")
             )
-    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
-        raise ConfigError(
-            note(
-                f"invalid counts n_train={n_train}, n_test_good={n_test_good}, n_test_defect={n_test_defect}",
-                "expected --n-train >= 1 and the test counts >= 0",
-            )
-        )
-    if not 64 <= size <= 1024:
-        raise ConfigError(
-            note(f"invalid image size {size}", "expected --image-size 64..1024 pixels")
-        )
+    check_counts(n_train, n_test_good, n_test_defect, size)
 
 
 def build_bench_dataset(

@@ -42,13 +42,14 @@ import numpy as np
 from stpm_edge.data.synth.common import (
     MASK_TOL,
     blob,
+    check_counts,
     composite,
     mean_change,
     photo,
     prepare_output,
     random_crop,
     spread_counts,
-    write_png,
+    write_category,
 )
 from stpm_edge.errors import ConfigError, note
 
@@ -238,16 +239,7 @@ def _check_args(categories, defect_types, n_train, n_test_good, n_test_defect, i
             )
     if not categories or not defect_types:
         raise ConfigError(note("nothing to build", "give at least one category and defect type"))
-    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
-        raise ConfigError(
-            note(
-                f"invalid counts n_train={n_train}, n_test_good={n_test_good}, "
-                f"n_test_defect={n_test_defect}",
-                "expected n_train >= 1 and the test counts >= 0",
-            )
-        )
-    if not 64 <= image_size <= 1024:
-        raise ConfigError(note(f"invalid image_size {image_size}", "expected 64..1024 pixels"))
+    check_counts(n_train, n_test_good, n_test_defect, image_size)
 
 
 def build_category(
@@ -261,26 +253,18 @@ def build_category(
     defect_types: Sequence[str] = DEFECT_TYPES,
 ) -> dict[str, int]:
     """Write one category under ``out/<category>``; returns the image count per split."""
-    root = out / category
-    for i in range(n_train):
-        image = _render_crop(category, TRAIN_COLS, _rng(seed, category, "train", i), image_size)
-        write_png(root / "train" / "good" / f"{i:03d}.png", image)
-    for i in range(n_test_good):
-        image = _render_crop(category, TEST_COLS, _rng(seed, category, "test_good", i), image_size)
-        write_png(root / "test" / "good" / f"{i:03d}.png", image)
-    counts = {"train/good": n_train, "test/good": n_test_good}
-    for defect, n in spread_counts(n_test_defect, defect_types).items():
-        for i in range(n):
-            rng = _rng(seed, category, defect, i)
-            clean = _render_crop(category, TEST_COLS, rng, image_size)
-            image, mask = _make_defect(clean, defect, rng, large=bool(i % 2), category=category)
-            write_png(root / "test" / defect / f"{i:03d}.png", image)
-            write_png(
-                root / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255
-            )
-        if n:
-            counts[f"test/{defect}"] = n
-    return counts
+
+    def good(split: str, i: int) -> np.ndarray:
+        cols, key = (TRAIN_COLS, "train") if split == "train" else (TEST_COLS, "test_good")
+        return _render_crop(category, cols, _rng(seed, category, key, i), image_size)
+
+    def defective(defect: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = _rng(seed, category, defect, i)
+        clean = _render_crop(category, TEST_COLS, rng, image_size)
+        return _make_defect(clean, defect, rng, large=bool(i % 2), category=category)
+
+    defects = spread_counts(n_test_defect, defect_types)
+    return write_category(out / category, n_train, n_test_good, defects, good, defective)
 
 
 def build_demo_dataset(

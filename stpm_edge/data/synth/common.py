@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from stpm_edge.errors import OutputExistsError, note
+from stpm_edge.errors import ConfigError, OutputExistsError, note
 
 MASK_TOL = 3  # grey levels: a pixel changed by less is restored, so the mask is exact
 
@@ -142,3 +142,50 @@ def prepare_output(out: Path, categories: Sequence[str], force: bool) -> None:
                 shutil.rmtree(out / name)
         (out / "README.txt").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def check_counts(n_train: int, n_test_good: int, n_test_defect: int, image_size: int) -> None:
+    """The image counts and size every builder accepts (``ConfigError`` naming the flag)."""
+    if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
+        raise ConfigError(
+            note(
+                f"invalid counts n_train={n_train}, n_test_good={n_test_good}, "
+                f"n_test_defect={n_test_defect}",
+                "expected --n-train >= 1 and the test counts >= 0",
+            )
+        )
+    if not 64 <= image_size <= 1024:
+        raise ConfigError(
+            note(f"invalid image size {image_size}", "expected --image-size 64..1024 pixels")
+        )
+
+
+def write_category(
+    root: Path,
+    n_train: int,
+    n_test_good: int,
+    defect_counts: dict[str, int],
+    good: Callable[[str, int], np.ndarray],
+    defective: Callable[[str, int], tuple[np.ndarray, np.ndarray]],
+) -> dict[str, int]:
+    """Write one category in MVTec AD layout under ``root``; returns the image count per split.
+
+    ``good(split, i)`` renders good image ``i`` of ``"train"`` or ``"test"``; ``defective(defect,
+    i)`` renders ``(image, bool mask)``. Called in file order, so each builder's streams (and so
+    its bytes) stay what its own keys make them.
+    """
+    for i in range(n_train):
+        write_png(root / "train" / "good" / f"{i:03d}.png", good("train", i))
+    for i in range(n_test_good):
+        write_png(root / "test" / "good" / f"{i:03d}.png", good("test", i))
+    counts = {"train/good": n_train, "test/good": n_test_good}
+    for defect, n in defect_counts.items():
+        for i in range(n):
+            image, mask = defective(defect, i)
+            write_png(root / "test" / defect / f"{i:03d}.png", image)
+            write_png(
+                root / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255
+            )
+        if n:
+            counts[f"test/{defect}"] = n
+    return counts
