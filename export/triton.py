@@ -223,17 +223,10 @@ def read_model_spec(onnx_path: str | Path, model_name: str, max_batch_size: int)
 
     Raises ExportError if a tensor has no shape or a fixed (non-dynamic) batch axis.
     """
-    import onnx  # a core dependency; imported here so the module imports fast
-
-    from .trt_build import require_onnx_file
+    from .trt_build import read_onnx_graph, require_onnx_file
 
     onnx_path = require_onnx_file(onnx_path)
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise ExportError(
-            note(f"cannot read ONNX file {onnx_path}: {exc}", "is it a complete .onnx file?")
-        ) from None
+    model = read_onnx_graph(onnx_path)
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [_tensor_spec(v, onnx_path) for v in graph.input if v.name not in initializers]

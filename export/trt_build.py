@@ -108,6 +108,19 @@ def require_onnx_file(onnx_path: str | Path) -> Path:
     return onnx_path
 
 
+def read_onnx_graph(onnx_path: Path) -> Any:
+    """The ``onnx.ModelProto`` of ``onnx_path`` without external weights (structure and
+    metadata only), or an :class:`ExportError` when the file is not a readable ONNX model."""
+    import onnx  # the export extra always has it; imported here to keep module import light
+
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ExportError(
+            note(f"cannot read ONNX file {onnx_path}: {exc}", "is it a complete .onnx file?")
+        ) from None
+
+
 def sidecar_path(engine_path: str | Path) -> Path:
     """``model.engine`` -> ``model.engine.json`` (the name the runtime looks for)."""
     engine_path = Path(engine_path)
@@ -581,14 +594,7 @@ def _refuse_overwrite(engine_path: Path, force: bool) -> None:
 
 def _read_onnx_facts(onnx_path: Path) -> tuple[dict[str, str], str]:
     """The graph's ``stpm.*`` metadata_props (verbatim) and the file's sha256."""
-    import onnx  # the export extra always has it; imported here to keep module import light
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise ExportError(
-            note(f"cannot read ONNX file {onnx_path}: {exc}", "is it a complete .onnx file?")
-        ) from None
+    model = read_onnx_graph(onnx_path)
     metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("stpm.")}
     if not metadata:
         logger.warning("%s has no stpm.* metadata: the runtime will lack thresholds", onnx_path)
