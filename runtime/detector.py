@@ -14,7 +14,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from stpm_edge.errors import BackendError, DataError, note
 from .metadata import ModelInfo, parse_metadata
 from .preprocess import Roi, crop_roi, parse_roi, prepare_batch, to_bgr
 from .runners import Runner, create_runner
+from .runners.base import ClosesOnExit
 from .visualize import draw_regions, find_regions, heatmap_overlay, scale_regions
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def as_frame_list(frames: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]
     return list(frames)
 
 
-class AnomalyDetector:
+class AnomalyDetector(ClosesOnExit):
     """Score frames with an exported STPM model.
 
     Args:
@@ -228,17 +228,6 @@ class AnomalyDetector:
         """Release the runner if the detector created it."""
         if self._owns_runner:
             self.runner.close()
-
-    def __enter__(self) -> AnomalyDetector:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 Detector = AnomalyDetector  # the name DESIGN.md §7 uses

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 
@@ -74,7 +75,28 @@ def check_feeds(feeds: Mapping[str, np.ndarray], spec: Spec, runner_name: str) -
             )
 
 
-class Runner:
+_C = TypeVar("_C", bound="ClosesOnExit")
+
+
+class ClosesOnExit:
+    """``with obj:`` for anything with a ``close()``: the block's end closes it, error or not."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Runner(ClosesOnExit):
     """Base class of every inference backend.
 
     Use as a context manager (``with create_runner(path) as runner: runner.infer(feeds)``) or call
@@ -113,15 +135,7 @@ class Runner:
             self._release()
 
     def __enter__(self) -> Runner:
-        return self.load()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        return self.load()  # a runner entered is a runner loaded
 
     def __del__(self) -> None:
         if getattr(self, "is_loaded", False):
