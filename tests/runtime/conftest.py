@@ -7,7 +7,13 @@ brightness, so a bright frame is NG and a dark one OK. It is not a trained model
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ from onnx import TensorProto, helper
 
 IMAGE_THRESHOLD = 0.5
 PIXEL_THRESHOLD = 0.5
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_metadata(
@@ -122,3 +129,23 @@ def bright_frame(h: int = 120, w: int = 160) -> np.ndarray:
 
 def dark_frame(h: int = 120, w: int = 160) -> np.ndarray:
     return np.full((h, w, 3), 10, np.uint8)
+
+
+@contextlib.contextmanager
+def camera_process(*args: str) -> Iterator[subprocess.Popen]:
+    """``python -m stpm_edge.runtime.camera ARGS`` from this checkout, stderr piped; killed on
+    the way out when a failing test left it running."""
+    argv = [sys.executable, "-m", "stpm_edge.runtime.camera", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def sigterm(proc: subprocess.Popen, timeout: float = 20) -> str:
+    """Stop ``proc`` as a service manager does (SIGTERM), wait, and return its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)[1]

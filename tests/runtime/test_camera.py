@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -14,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import bright_frame, dark_frame
+from conftest import bright_frame, camera_process, dark_frame, sigterm
 
 from stpm_edge.runtime import AnomalyDetector
 from stpm_edge.runtime.camera import (
@@ -25,8 +22,6 @@ from stpm_edge.runtime.camera import (
     main,
     open_source,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _lines(path: Path) -> tuple[list[dict], list[dict]]:
@@ -236,28 +231,9 @@ def test_help(capsys) -> None:
 
 def test_sigterm_stops_cleanly(fake_onnx, folder, tmp_path) -> None:
     log = tmp_path / "sig.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "stpm_edge.runtime.camera",
-            "--model",
-            str(fake_onnx),
-            "--source",
-            str(folder),
-            "--on-end",
-            "loop",
-            "--log",
-            str(log),
-            "--stats-every",
-            "0.2",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    args = ["--model", str(fake_onnx), "--source", str(folder), "--on-end", "loop",
+            "--log", str(log), "--stats-every", "0.2"]  # fmt: skip
+    with camera_process(*args) as proc:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if log.exists() and len(log.read_text().splitlines()) >= 5:
@@ -266,11 +242,7 @@ def test_sigterm_stops_cleanly(fake_onnx, folder, tmp_path) -> None:
             time.sleep(0.05)
         else:
             pytest.fail("stpm-camera wrote no log lines")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        err = sigterm(proc)
     assert proc.returncode == 0, err
     frames, events = _lines(log)  # every line parses
     assert len(frames) >= 4

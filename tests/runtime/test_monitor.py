@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -17,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import camera_process, sigterm
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.errors import ConfigError
@@ -24,7 +22,6 @@ from stpm_edge.runtime.camera import DriftMonitor, main
 from stpm_edge.runtime.camera.monitor import HIGH, Metrics, attach_monitoring
 from stpm_edge.runtime.camera.station import CameraConfig, StationResources, build_station
 
-REPO = Path(__file__).resolve().parents[2]
 pytest.importorskip("prometheus_client", reason="the monitor extra (prometheus-client)")
 
 
@@ -134,12 +131,10 @@ def test_metrics_endpoint_scraped_during_a_cli_run(fake_onnx, tmp_path) -> None:
     folder = _write(tmp_path / "parts", _noise_frames(4, 10, 40, 0) + _noise_frames(2, 200, 255, 1))
     (folder / "999.png").write_bytes(b"corrupt")
     port = _free_port()
-    argv = [sys.executable, "-m", "stpm_edge.runtime.camera", "--model", str(fake_onnx),
-            "--source", str(folder), "--on-end", "loop", "--stats-every", "0",
-            "--metrics-port", str(port), "--log", str(tmp_path / "m.jsonl")]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
-    try:
+    args = ["--model", str(fake_onnx), "--source", str(folder), "--on-end", "loop",
+            "--stats-every", "0", "--metrics-port", str(port),
+            "--log", str(tmp_path / "m.jsonl")]  # fmt: skip
+    with camera_process(*args) as proc:
         deadline, text = time.monotonic() + 30, ""
         while time.monotonic() < deadline:
             try:
@@ -162,11 +157,7 @@ def test_metrics_endpoint_scraped_during_a_cli_run(fake_onnx, tmp_path) -> None:
         assert frames <= _value(text, "stpm_e2e_seconds_count") <= frames + 30
         assert 'stpm_latency_seconds_bucket{camera="cam0",le="0.001",model="model.onnx"}' in text
         assert 0 <= _value(text, "stpm_drift") < HIGH and _value(text, "stpm_drift_alarm") == 0
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        err = sigterm(proc)
     assert proc.returncode == 0, err
     assert f"metrics: http://127.0.0.1:{port}/metrics" in err
 

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import bright_frame, dark_frame
+from conftest import bright_frame, camera_process, dark_frame, sigterm
 
 from stpm_edge.runtime.camera import SourceError, SourceFrame, main, open_source
 from stpm_edge.runtime.camera.station import (
@@ -332,22 +328,14 @@ def test_sigterm_stops_every_camera_cleanly(fake_onnx, tmp_path) -> None:
     station = tmp_path / "s.yaml"
     station.write_text(f"cameras:\n  - source: {a}\n  - source: {b}\n")
     log = tmp_path / "sig.jsonl"
-    argv = [sys.executable, "-m", "stpm_edge.runtime.camera", "--station", str(station),
-            "--model", str(fake_onnx), "--on-end", "loop", "--log", str(log)]  # fmt: skip
-    repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        argv, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(repo))
-    )
-    try:
+    args = ["--station", str(station), "--model", str(fake_onnx), "--on-end", "loop",
+            "--log", str(log)]  # fmt: skip
+    with camera_process(*args) as proc:
         deadline = time.monotonic() + 30
         while not (log.exists() and len(log.read_text().splitlines()) >= 20):
             assert time.monotonic() < deadline, "no log lines"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        err = sigterm(proc)
     assert proc.returncode == 0, err
     stops = [r for r in _records(log) if r.get("event") == "stop"]  # every line parses
     assert sorted(r["camera"] for r in stops) == ["cam0", "cam1"]
