@@ -72,17 +72,6 @@ class Reference:
     outputs: Outputs
 
 
-def _predict(detector: Any, frames: list[np.ndarray], chunk: int = 8) -> Outputs:
-    preds = [
-        p for i in range(0, len(frames), chunk) for p in detector.predict(frames[i : i + chunk])
-    ]
-    return Outputs(
-        maps=np.stack([p.anomaly_map for p in preds]).astype(np.float64),
-        scores=np.array([p.score for p in preds], np.float64),
-        normalized=np.array([p.score_normalized for p in preds], np.float64),
-    )
-
-
 def compare_outputs(ref: Outputs, got: Outputs, tol: Tolerance) -> tuple[bool, dict[str, Any]]:
     """Parity figures of ``got`` against ``ref`` and whether they are within ``tol``."""
     if got.maps.shape != ref.maps.shape:
