@@ -41,10 +41,11 @@ _ORT_BACKENDS = {
 }
 # What "auto" runs an .onnx file on, best first (GPU providers first: they are what a GPU box
 # installed onnxruntime-gpu for). OpenVINO comes after ONNX Runtime's CPU provider because it was
-# not measured faster on the default (fp32) graph: efficientnet_lite0 256x256, batch 1, 2 threads,
-# best-of-5 medians on the 2-core EPYC dev VM (shared with other jobs): ORT 61.0 ms, OpenVINO
-# 65.6 ms. It does win on INT8 QDQ graphs (31.9 vs 42.2 ms), but "auto" does not read the graph's
-# precision; `stpm-bench --recommend` measures and names the fastest backend for a given file.
+# not measured faster on the default (fp32) graph: efficientnet_lite0 256x256, batch 1, 2 threads
+# on the 2-core EPYC VM (benchmarks/reports/cpu-epyc-2core/openvino_int8): ORT 77.1 img/s vs
+# OpenVINO f32 50.1 (an earlier run of the same command: 60.4 vs 58.4). It does win on the INT8
+# graph (96.5 vs 80.6 img/s; 107.7 vs 89.0), but "auto" does not read the graph's precision:
+# `stpm-bench --recommend` measures and names the fastest backend for a given file.
 AUTO_ONNX_ORDER = ("ort-trt", "ort-cuda", "ort-cpu", "openvino")
 
 
