@@ -168,6 +168,23 @@ class SeparatePair(nn.Module):
 # --------------------------------------------------------------------------- the fused module
 
 
+def fold_input_affine(stem: nn.Conv2d, scale: torch.Tensor, flip_channels: bool) -> None:
+    """Fold a per-input-channel ``scale`` (RGB order) and a BGR->RGB flip into ``stem``'s weights.
+
+    ``conv(s * x) == conv'(x)`` with ``w'[:, c] = w[:, c] * s[c]``, and reading BGR is reversing
+    the input channels of ``w'``. Exact because every stem pads with zeros (ZeroPad2d or the
+    convolution's own zero padding), and zero stays zero under scaling. The INT8 graph gains most:
+    its quantised stem cannot absorb a Mul and a reversing Slice on the input, which otherwise run
+    as two full-frame passes (~10 % of the INT8 graph on a 2-core CPU). FP32 only: in fp16 the
+    scaled weights (x 1/(255 std)) would drift towards fp16's subnormal range.
+    """
+    if stem.in_channels != 3 or stem.groups != 1:
+        raise ExportError(f"cannot fold the input normalisation into stem {stem}")
+    with torch.no_grad():
+        weight = stem.weight * scale.view(1, 3, 1, 1).to(stem.weight.dtype)
+        stem.weight.copy_(weight.flip(1) if flip_channels else weight)
+
+
 class FusedSTPM(nn.Module):
     """The exported computation: image -> (anomaly_map, score, score_normalized[, scale maps])."""
 
@@ -184,15 +201,23 @@ class FusedSTPM(nn.Module):
         self.register_buffer(THRESHOLD_NAME, torch.tensor(float(calibration["image_threshold"])))
         self.register_buffer(SCALE_NAME, torch.tensor(am.calibration_scale(calibration)))
         teacher, student = copy.deepcopy(model.teacher).eval(), copy.deepcopy(model.student).eval()
+        # uint8 -> normalised float as one multiply-add: x * (1 / (255 std)) - mean / std
+        mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1))
+        self.fold_input = options.precision == "fp32" and options.input_format == "uint8_nhwc"
+        if self.fold_input:
+            bgr = options.color_order == "BGR"
+            for net in (teacher, student):
+                fold_input_affine(net.get_submodule(net.stem_name), 1.0 / (255.0 * std), bgr)
+            # what is left of the normalisation: x - 255 mean, in the input's channel order
+            offset = -255.0 * mean
+            self.register_buffer("offset", (offset.flip(0) if bgr else offset).view(1, 3, 1, 1))
         pair_cls = StackedPair if options.layout == "stacked" else SeparatePair
         self.pair = pair_cls(teacher, student).eval()
         self.half_backbone = options.precision == "fp16"
         if self.half_backbone:
             self.pair.half()
-        # uint8 -> normalised float as one multiply-add: x * (1 / (255 std)) - mean / std
-        mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
-        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1))
-        self.register_buffer("shift", (-mean / std).view(1, 3, 1, 1))
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         if self.options.input_format == "float32_nchw":
@@ -201,6 +226,8 @@ class FusedSTPM(nn.Module):
         # (onnx-tensorrt docs/operators.md: "UINT8 is only supported as network input or output
         # tensor types"); a Transpose or Slice on the uint8 tensor fails to parse.
         x = image.float().permute(0, 3, 1, 2)
+        if self.fold_input:
+            return x + self.offset  # scale and colour order live in the stems' weights
         if self.options.color_order == "BGR":
             x = x.flip(1)  # the backbones' weights expect RGB
         return x * self.scale + self.shift
