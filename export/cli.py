@@ -345,7 +345,12 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
         )
         G.set_metadata(graph, metadata)
         G.check(graph, "int8 export")
-    G.set_metadata(graph, G.read_metadata(graph) | {"stpm.target": target})
+    # the batch range travels in the graph: ONNX Runtime's TensorRT provider builds its engine
+    # profile from it (runtime/runners/ort.py), so a new batch size never rebuilds the engine
+    batch_range = json.dumps(list(args.batch_range))
+    G.set_metadata(
+        graph, G.read_metadata(graph) | {"stpm.target": target, "stpm.batch_range": batch_range}
+    )
     _recalibrate(graph, payload, model.config, options, args)
     if fp32_graph is not None:  # --gate: the measured AUROC loss decides before any write
         from stpm_edge.export.int8_gate import gate_graphs, require_gate

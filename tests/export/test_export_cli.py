@@ -153,3 +153,14 @@ def test_help_shows_defaults(capsys) -> None:
         "(default: uint8)",
     ):
         assert fragment in text, fragment
+
+
+def test_batch_range_travels_to_the_ort_tensorrt_profile(best_ckpt: Path, tmp_path: Path) -> None:
+    """--batch-range is written into the graph, where the ORT TensorRT provider reads it."""
+    from stpm_edge.runtime.runners.ort import batch_range_from
+
+    out = tmp_path / "model.onnx"
+    rc, _, stderr = run_main([str(best_ckpt), "-o", str(out), "--batch-range", "1:4:16"])
+    assert rc == 0, stderr
+    meta = {p.key: p.value for p in onnx.load(out, load_external_data=False).metadata_props}
+    assert batch_range_from(meta, None) == (1, 4, 16)
