@@ -26,6 +26,7 @@ One graph cannot mean the same and run fast on both runtimes, so the file is wri
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,8 +87,10 @@ def stem_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
 
     meta = {p.key: p.value for p in model.metadata_props}
     stem = get_backbone_spec(meta["stpm.backbone"]).stem
+    # a direct child of a network (/pair/teacher/conv1/...), not a block's own conv1
+    direct = re.compile(rf"^/pair/[^/]+/{re.escape(stem)}/")
     nodes = {n.name: n for n in model.graph.node}
-    return [n for n in candidates if f"/{stem}/" in n and nodes[n].op_type == "Conv"]
+    return [n for n in candidates if direct.match(n) and nodes[n].op_type == "Conv"]
 
 
 INT8_TARGETS = ("cpu", "tensorrt", "openvino")

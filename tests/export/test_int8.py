@@ -224,3 +224,24 @@ def test_int8_with_float_input(best_ckpt: Path, demo_data, tmp_path: Path) -> No
     image = onnx.load(path).graph.input[0]
     assert image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(path).graph.node)
+
+
+def test_float_stems_are_the_networks_first_convolutions_only() -> None:
+    """resnet18 names its stem conv1, like the first convolution of every block: only the
+    networks' own stems (teacher, student, or the stacked pair) stay float."""
+    from onnx import helper
+
+    from stpm_edge.export.int8 import stem_nodes
+
+    names = [
+        "/pair/teacher/conv1/Conv",
+        "/pair/student/conv1/Conv",
+        "/pair/pair/conv1/Conv",
+        "/pair/teacher/layer1/layer1.0/conv1/Conv",
+        "/pair/student/layer2/layer2.1/conv1/Conv",
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w"], [f"y{i}"], name=n) for i, n in enumerate(names)]
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph)
+    model.metadata_props.add(key="stpm.backbone", value="resnet18")
+    assert stem_nodes(model, names) == names[:3]
