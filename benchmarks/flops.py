@@ -23,8 +23,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,14 @@ def count_flops(model_or_path: Any) -> FlopCount:
     return count
 
 
+def _best_seconds(step: Callable[[], Any], reps: int) -> float:
+    """Seconds of the fastest of ``reps`` (at least 1) timed calls of ``step`` after one untimed
+    warm-up call, timed by the benchmark's own loop (``runner.time_loop``)."""
+    from stpm_edge.benchmarks.runner import LoopPolicy, time_loop
+
+    return min(time_loop(step, LoopPolicy(warmup=1, iters=max(1, reps)))) / 1e3
+
+
 def matmul_gflops(n: int = 2048, reps: int = 3, threads: int | None = None) -> float:
     """Best-of-``reps`` GFLOP/s of a float32 ``(n, n) @ (n, n)`` numpy matmul.
 
@@ -193,12 +201,7 @@ def matmul_gflops(n: int = 2048, reps: int = 3, threads: int | None = None) -> f
         except ImportError:
             logger.warning("threadpoolctl not installed: matmul uses the BLAS default threads")
     try:
-        np.matmul(a, b)  # warm the BLAS (thread pool start, page faults)
-        best = math.inf
-        for _ in range(max(1, reps)):
-            t0 = time.perf_counter()
-            np.matmul(a, b)
-            best = min(best, time.perf_counter() - t0)
+        best = _best_seconds(lambda: np.matmul(a, b), reps)  # warm-up: thread pool, page faults
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
@@ -279,13 +282,8 @@ def int8_matmul_gops(n: int = 2048, reps: int = 3, threads: int | None = None) -
         _int8_matmul_model(n), options, providers=["CPUExecutionProvider"]
     )
     a = np.random.default_rng(1).integers(0, 256, (n, n), dtype=np.uint8)
-    session.run(None, {"a": a})  # warm up (thread pool, packing of the constant weights)
-    best = math.inf
-    for _ in range(max(1, reps)):
-        t0 = time.perf_counter()
-        session.run(None, {"a": a})
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
+    # the warm-up run starts the thread pool and packs the constant weights
+    return 2.0 * n**3 / _best_seconds(lambda: session.run(None, {"a": a}), reps) / 1e9
 
 
 def bf16_matmul_gflops(n: int = 2048, reps: int = 3, threads: int | None = None) -> float:
@@ -304,10 +302,4 @@ def bf16_matmul_gflops(n: int = 2048, reps: int = 3, threads: int | None = None)
         config["INFERENCE_NUM_THREADS"] = int(threads)
     request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
     x = rng.standard_normal((n, n), dtype=np.float32)
-    request.infer({0: x})  # warm up
-    best = math.inf
-    for _ in range(max(1, reps)):
-        t0 = time.perf_counter()
-        request.infer({0: x})
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
+    return 2.0 * n**3 / _best_seconds(lambda: request.infer({0: x}), reps) / 1e9
