@@ -82,9 +82,7 @@ def score_split(
     model: str | Path, samples: list[Any], backend: str = "ort-cpu", threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(labels, scores, masks, maps)`` of one exported graph on ``samples``, at the map size."""
-    import cv2
-
-    from stpm_edge.runtime.image import read_image, read_mask
+    from stpm_edge.runtime.image import decode_bgr, read_mask, resize_mask
     from stpm_edge.runtime.metadata import parse_metadata
     from stpm_edge.runtime.preprocess import prepare_batch
     from stpm_edge.runtime.runners import create_runner
@@ -94,13 +92,12 @@ def score_split(
         info = parse_metadata(runner.metadata())
         name = next(iter(runner.input_spec()))
         for sample in samples:
-            bgr = np.ascontiguousarray(read_image(sample.path)[..., ::-1])
+            bgr = decode_bgr(Path(sample.path))  # the frame as a camera delivers it
             out = runner.infer({name: prepare_batch([bgr], info)})
             amap = out["anomaly_map"][0, 0]
             height, width = amap.shape
             if sample.mask_path is not None:
-                mask = read_mask(sample.mask_path).astype(np.uint8)
-                mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST) > 0
+                mask = resize_mask(read_mask(sample.mask_path), (height, width))
             else:
                 mask = np.zeros((height, width), bool)
             labels.append(sample.label)
