@@ -183,28 +183,32 @@ def _roofline(args: argparse.Namespace, env: dict[str, Any], threads: list[int |
 
 def _int8_roofline(n: int, counts: list[int]) -> dict[str, Any] | None:
     """The int8 matmul roofline per thread count, or None when ONNX Runtime cannot run it."""
-    try:
-        by = {str(t): flops.int8_matmul_gops(n, reps=3, threads=t) for t in counts}
-    except Exception as exc:  # a roofline is context: never lose the timings for it
-        logger.warning("int8 matmul roofline failed: %s", exc)
-        return None
-    logger.info("int8 matmul roofline: %s GOP/s", by)
-    return {"n": n, "reps": 3, "dtype": "uint8 x int8 -> int32",
-            "engine": "onnxruntime MatMulInteger", "gops_by_threads": by,
-            "gops": max(by.values())}  # fmt: skip
+    return _low_precision_roofline(
+        "int8", flops.int8_matmul_gops, n, counts, "GOP/s",
+        dtype="uint8 x int8 -> int32", engine="onnxruntime MatMulInteger",
+    )  # fmt: skip
 
 
 def _bf16_roofline(n: int, counts: list[int]) -> dict[str, Any] | None:
     """The bf16 matmul roofline (OpenVINO) per thread count, or None when it cannot run."""
+    return _low_precision_roofline(
+        "bf16", flops.bf16_matmul_gflops, n, counts, "GFLOP/s",
+        dtype="bfloat16 (float32 in/out)", engine="openvino MatMul, INFERENCE_PRECISION_HINT=bf16",
+    )  # fmt: skip
+
+
+def _low_precision_roofline(
+    what: str, measure: Any, n: int, counts: list[int], unit: str, **info: str
+) -> dict[str, Any] | None:
+    """``measure(n, reps=3, threads=t)`` per thread count as a roofline entry, or None when it
+    fails (no ONNX Runtime / openvino, or no such instructions on this CPU)."""
     try:
-        by = {str(t): flops.bf16_matmul_gflops(n, reps=3, threads=t) for t in counts}
-    except Exception as exc:  # no openvino, or no bf16 on this CPU: context only
-        logger.warning("bf16 matmul roofline failed: %s", exc)
+        by = {str(t): measure(n, reps=3, threads=t) for t in counts}
+    except Exception as exc:  # a roofline is context: never lose the timings for it
+        logger.warning("%s matmul roofline failed: %s", what, exc)
         return None
-    logger.info("bf16 matmul roofline: %s GFLOP/s", by)
-    return {"n": n, "reps": 3, "dtype": "bfloat16 (float32 in/out)",
-            "engine": "openvino MatMul, INFERENCE_PRECISION_HINT=bf16",
-            "gops_by_threads": by, "gops": max(by.values())}  # fmt: skip
+    logger.info("%s matmul roofline: %s %s", what, by, unit)
+    return {"n": n, "reps": 3, **info, "gops_by_threads": by, "gops": max(by.values())}
 
 
 def _flops_of(model: str) -> dict[str, Any] | None:
