@@ -162,6 +162,29 @@ def _run_with_signals(loop: InspectionLoop | Station) -> Any:
             signal.signal(sig, handler)
 
 
+def _run_served(
+    target: InspectionLoop | Station,
+    loops: dict[str, InspectionLoop],
+    models: dict[str, str],
+    args: argparse.Namespace,
+) -> Any:
+    """Attach the drift watch, ``--metrics-port`` and ``--http`` to ``loops``, run ``target``
+    (one loop or a station) with signals, and close whatever was served, error or not."""
+    servers: list[Any] = []
+    try:
+        servers.append(
+            attach_monitoring(
+                loops, models, args.metrics_port, args.metrics_host, parse_band(args.drift_band)
+            )
+        )
+        servers.append(attach_web(loops, args.http, args.http_host))
+        return _run_with_signals(target)
+    finally:
+        for server in servers:
+            if server is not None:
+                server.close()
+
+
 def _check_outcome(stats: LoopStats, source: str) -> None:
     if stats.stopped_by == "empty":
         raise SourceError(
@@ -197,18 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, backend=args.backend, threads=args.threads, roi=args.roi
     ) as det:
         loop = InspectionLoop(det, lambda: open_source(source), options)
-        metrics = attach_monitoring(
-            {loop.camera: loop}, {loop.camera: Path(args.model).name}, args.metrics_port,
-            args.metrics_host, parse_band(args.drift_band),
-        )  # fmt: skip
-        web = attach_web({loop.camera: loop}, args.http, args.http_host)
-        try:
-            stats = _run_with_signals(loop)
-        finally:
-            if metrics is not None:
-                metrics.close()
-            if web is not None:
-                web.close()
+        stats = _run_served(loop, {loop.camera: loop}, {loop.camera: Path(args.model).name}, args)
     print(json.dumps({"final_stats": stats.summary()}), file=sys.stderr)
     _check_outcome(stats, source)
     return 0
@@ -220,20 +232,10 @@ def _run_station(args: argparse.Namespace) -> int:
     for camera in cameras:
         _preflight(camera.source)
     resources = StationResources()
-    metrics = web = None
     try:
         station = build_station(cameras, args, resources)
-        web = attach_web(station.loops, args.http, args.http_host)
-        metrics = attach_monitoring(
-            station.loops, station.models, args.metrics_port, args.metrics_host,
-            parse_band(args.drift_band),
-        )  # fmt: skip
-        stats = _run_with_signals(station)
+        stats = _run_served(station, station.loops, station.models, args)
     finally:
-        if metrics is not None:
-            metrics.close()
-        if web is not None:
-            web.close()
         resources.close()
     summary = {name: s.summary() for name, s in stats.items()}
     print(json.dumps({"final_stats": summary}), file=sys.stderr)
