@@ -33,6 +33,7 @@ from stpm_edge.cli.args import (
     add_config_args,
     add_logging_args,
     add_output_args,
+    comma_list,
 )
 from stpm_edge.cli.common import HelpFormatter, run_cli
 from stpm_edge.errors import ConfigError, StpmEdgeError, note
@@ -59,7 +60,7 @@ def _int_list(flag: str, text: str) -> list[int]:
 
 
 def _backends(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
+    values = comma_list(text)
     bad = [v for v in values if v not in BACKEND_CHOICES]
     if bad or not values:
         raise ConfigError(note(f"--backend {text!r} is invalid", f"choose from {BACKEND_CHOICES}"))

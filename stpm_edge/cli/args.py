@@ -36,6 +36,11 @@ CONFIG_HELP = (
 )
 
 
+def comma_list(text: str) -> list[str]:
+    """A comma-separated flag value -> its items, stripped, empty ones dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _group(parser: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
     """The parser's group called ``title`` (created once, so two helpers can share it)."""
     for group in parser._action_groups:

@@ -16,12 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from stpm_edge.cli.args import add_force_args, add_logging_args
+from stpm_edge.cli.args import add_force_args, add_logging_args, comma_list
 from stpm_edge.cli.common import HelpFormatter, run_cli
-
-
-def _csv(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and exact masks. Same arguments -> byte-identical files.",
     )
     _add_dataset_args(demo, TEXTURES, "texture categories", counts=(72, 16, 20))
-    demo.add_argument(
-        "--defect-types",
-        type=_csv,
-        default=",".join(DEFECT_TYPES),
-        metavar="LIST",
-        help=f"comma-separated defect types, from {','.join(DEFECT_TYPES)}",
-    )
+    _add_list_arg(demo, "--defect-types", DEFECT_TYPES, "defect types")
     add_force_args(demo)  # replaces only the demo's own category folders and README
 
     _add_bench_parser(sub)
@@ -103,13 +93,7 @@ def _add_dataset_args(
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="dataset root to create (absent or empty)"
     )
-    parser.add_argument(
-        "--categories",
-        type=_csv,
-        default=",".join(categories),
-        metavar="LIST",
-        help=f"comma-separated {what}, from {','.join(categories)}",
-    )
+    _add_list_arg(parser, "--categories", categories, what)
     parser.add_argument(
         "--n-train", type=int, default=n_train, help="good training images per category"
     )
@@ -126,6 +110,19 @@ def _add_dataset_args(
         "--image-size", type=int, default=256, help="side of the square images (px)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def _add_list_arg(
+    parser: argparse.ArgumentParser, flag: str, choices: Sequence[str], what: str
+) -> None:
+    """A comma-list option whose default is all of ``choices``."""
+    parser.add_argument(
+        flag,
+        type=comma_list,
+        default=",".join(choices),
+        metavar="LIST",
+        help=f"comma-separated {what}, from {','.join(choices)}",
+    )
 
 
 def _build_dataset(build: Callable[..., Any], what: str, args: argparse.Namespace, **extra) -> int:

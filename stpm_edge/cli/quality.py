@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.cli.args import add_logging_args
+from stpm_edge.cli.args import add_logging_args, comma_list
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
 
@@ -55,11 +55,10 @@ def _run(args: argparse.Namespace) -> int:
     from stpm_edge.quality import run_recipe, summarize
 
     if args.command == "run":
-        categories = [c.strip() for c in args.categories.split(",") if c.strip()]
         run_recipe(
             args.out,
             args.seeds,
-            categories,
+            comma_list(args.categories),
             shlex.split(args.train_args),
             shlex.split(args.bench_args),
         )
