@@ -280,6 +280,11 @@ def _type_name(elem_type: int) -> str:
     return TensorProto.DataType.Name(elem_type)
 
 
+def _violation(node: onnx.NodeProto, rule: str, message: str, source: str = OPS_MD) -> Violation:
+    """A :class:`Violation` of ``node``, named and typed by the node itself."""
+    return Violation(_name(node), node.op_type, rule, message, source)
+
+
 def _check_graph_io(facts: GraphFacts) -> list[Violation]:
     """uint8 only as a network input feeding Casts, or a network output; I/O types supported."""
     found = []
@@ -302,9 +307,8 @@ def _check_graph_io(facts: GraphFacts) -> list[Violation]:
         for node in facts.consumers.get(name, []):
             if node.op_type != "Cast":
                 found.append(
-                    Violation(
-                        _name(node),
-                        node.op_type,
+                    _violation(
+                        node,
                         "uint8-input",
                         f"uint8 network input {name!r} feeds a {node.op_type}; a uint8 input "
                         "may only feed a Cast (Cast to float first)",
@@ -320,9 +324,8 @@ def _check_uint8_intermediates(facts: GraphFacts) -> list[Violation]:
         for out in node.output:
             if out and facts.types.get(out) == T.UINT8 and out not in facts.outputs:
                 found.append(
-                    Violation(
-                        _name(node),
-                        node.op_type,
+                    _violation(
+                        node,
                         "uint8-intermediate",
                         f"output {out!r} is a uint8 tensor inside the network "
                         "(uint8 is allowed only as a network input or output)",
@@ -336,61 +339,47 @@ def _check_op(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
     """Op supported, data-input type supported, build-time-constant inputs."""
     if node.domain not in ("", "ai.onnx"):
         return [
-            Violation(
-                _name(node),
-                node.op_type,
-                "op-domain",
-                f"op of domain {node.domain!r} needs a TensorRT plugin",
-                OPS_MD,
-            )
+            _violation(node, "op-domain", f"op of domain {node.domain!r} needs a TensorRT plugin")
         ]
     allowed = OPS.get(node.op_type)
     if allowed is None:
         return [
-            Violation(
-                _name(node),
-                node.op_type,
+            _violation(
+                node,
                 "op-unverified",
                 f"op {node.op_type} is not in this check's table of ops verified against "
                 "the TensorRT operator matrix",
-                OPS_MD,
             )
         ]
     found = []
     elem = facts.types.get(node.input[0]) if node.input and node.input[0] else None
     if elem is not None and elem not in allowed and node.op_type != "DequantizeLinear":
         found.append(
-            Violation(
-                _name(node),
-                node.op_type,
+            _violation(
+                node,
                 "input-type",
                 f"input {node.input[0]!r} is {_type_name(elem)}; TensorRT's {node.op_type} takes "
                 + ", ".join(sorted(_type_name(t) for t in allowed)),
-                OPS_MD,
             )
         )
     for index, what in CONSTANT_INPUTS.get(node.op_type, {}).items():
         if len(node.input) > index and node.input[index] and facts.value(node.input[index]) is None:
             found.append(
-                Violation(
-                    _name(node),
-                    node.op_type,
+                _violation(
+                    node,
                     "constant-input",
                     f"`{what}` ({node.input[index]!r}) must be a build-time constant "
                     "(an initializer)",
-                    OPS_MD,
                 )
             )
     if node.op_type == "Cast":
         to = _attr(node, "to")
         if to not in OPS["Cast"]:
             found.append(
-                Violation(
-                    _name(node),
-                    "Cast",
+                _violation(
+                    node,
                     "cast-type",
                     f"Cast to {_type_name(to)} is not supported (INT8 only through Q/DQ)",
-                    OPS_MD,
                 )
             )
     return found
@@ -401,7 +390,7 @@ def _check_qdq(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
     found = []
 
     def add(rule: str, message: str, source: str = OPS_MD) -> None:
-        found.append(Violation(_name(node), node.op_type, rule, message, source))
+        found.append(_violation(node, rule, message, source))
 
     elem = facts.types.get(node.input[0])
     if node.op_type == "DequantizeLinear" and elem is not None and elem not in DQ_INPUTS:
@@ -448,16 +437,15 @@ def _check_topk(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
     k = facts.value(node.input[1]) if len(node.input) > 1 else None
     if k is not None and int(np.max(k)) > TOPK_MAX_K:
         found.append(
-            Violation(
-                _name(node),
-                "TopK",
+            _violation(
+                node,
                 "topk-k",
                 f"K = {int(np.max(k))}; TensorRT's TopK needs K < {TOPK_MAX_K + 1}",
                 TOPK_SOURCE,
             )
         )
     if _attr(node, "sorted", 1) != 1:
-        found.append(Violation(_name(node), "TopK", "topk-sorted", "`sorted` must be 1", OPS_MD))
+        found.append(_violation(node, "topk-sorted", "`sorted` must be 1"))
     return found
 
 
@@ -469,9 +457,8 @@ def _check_resize(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
         ("keep_aspect_ratio_policy", "stretch", {"stretch"}),
     ]
     found = [
-        Violation(
-            _name(node),
-            "Resize",
+        _violation(
+            node,
             f"resize-{attr.replace('_', '-')}",
             f"{attr} {_attr(node, attr, default)!r} is not supported "
             f"(supported: {', '.join(sorted(allowed))})",
@@ -482,12 +469,8 @@ def _check_resize(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
     ]
     if _attr(node, "antialias", 0):
         found.append(
-            Violation(
-                _name(node),
-                "Resize",
-                "resize-antialias",
-                "antialiasing is not supported",
-                f"{OPS_MD} Resize",
+            _violation(
+                node, "resize-antialias", "antialiasing is not supported", f"{OPS_MD} Resize"
             )
         )
     return found
