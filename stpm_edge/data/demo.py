@@ -51,6 +51,7 @@ from stpm_edge.data.synth.common import (
     spread_counts,
     write_category,
 )
+from stpm_edge.data.synth.textures import CROP_RANGE, TEST_COLS, TEXTURE_SPECS, TRAIN_COLS
 from stpm_edge.errors import ConfigError, note
 
 logger = logging.getLogger(__name__)
@@ -59,23 +60,17 @@ TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel")
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "hole", "stain", "patch")
 
 PHOTO_SIDE = 512
-TRAIN_COLS = (0, 296)
-TEST_COLS = (312, 512)
-CROP_RANGE = (144, 200)  # crop side in photo pixels, identical for train and test
+# TRAIN_COLS / TEST_COLS / CROP_RANGE: the photo layout the benchmark's textures use too
 JITTER = 0.04  # +-4 % brightness, contrast and gamma
 
 MIN_CONTRAST = 30.0  # mean |change| over the mask, grey levels
 MIN_AREA_FRACTION = 0.0008
 MAX_ATTEMPTS = 40
 
-# Mild colour per texture (multiplies the gray photo), so the images are RGB-ish.
-_TINTS: dict[str, tuple[float, float, float]] = {
-    "brick": (1.0, 0.78, 0.66),
-    "grass": (0.80, 1.0, 0.66),
-    "gravel": (0.97, 0.94, 0.88),
-}
-# Brick courses are vertical in the photo; a 90 degree turn would make a different product.
-_ROTATE = {"brick": False, "grass": True, "gravel": True}
+# Mild colour per texture (multiplies the gray photo), so the images are RGB-ish, and whether a
+# 90 degree turn keeps the product (brick courses are vertical in the photo): the benchmark's specs.
+_TINTS = {name: tint for name, (tint, _) in TEXTURE_SPECS.items()}
+_ROTATE = {name: rotate for name, (_, rotate) in TEXTURE_SPECS.items()}
 _STAIN_COLOURS = np.array(
     [(96, 56, 24), (168, 74, 28), (40, 64, 170), (28, 30, 22), (205, 185, 40)], np.float32
 )
