@@ -32,7 +32,6 @@ random stream keyed by seed, category, split and index).
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from stpm_edge.data.synth.common import (
     blob,
     check_counts,
     composite,
+    image_rng,
     mean_change,
     photo,
     prepare_output,
@@ -216,9 +216,9 @@ def _make_defect(
 
 # -- the builder ---------------------------------------------------------------------------------
 def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generator:
-    """An independent random stream per image, so images do not depend on each other's draws."""
-    key = [seed, zlib.crc32(category.encode()), _SPLIT_IDS[split], index]
-    return np.random.default_rng(np.random.SeedSequence(key))
+    """An independent random stream per image, so images do not depend on each other's draws
+    (the split as a small int: the streams predate ``image_rng``'s hashing of names)."""
+    return image_rng(seed, category, _SPLIT_IDS[split], index)
 
 
 def _check_args(categories, defect_types, n_train, n_test_good, n_test_defect, image_size) -> None:
