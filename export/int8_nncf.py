@@ -24,11 +24,9 @@ import numpy as np
 import onnx
 
 from stpm_edge.errors import ExportError, note
+from stpm_edge.export.int8 import BACKBONE_SCOPES
 
 logger = logging.getLogger(__name__)
-
-#: Node-name prefix of everything inside the two networks (the exporter's naming; see int8.py).
-BACKBONE_PREFIX = "/pair/"
 
 
 def import_nncf() -> Any:
@@ -47,7 +45,7 @@ def import_nncf() -> Any:
 
 def tail_node_names(graph: onnx.ModelProto) -> list[str]:
     """Names of the nodes outside the backbones (kept float32)."""
-    return [n.name for n in graph.graph.node if not n.name.startswith(BACKBONE_PREFIX)]
+    return [n.name for n in graph.graph.node if not n.name.startswith(BACKBONE_SCOPES)]
 
 
 def _input_name(graph: onnx.ModelProto) -> str:
@@ -94,7 +92,8 @@ def quantize_nncf(
     ignored = tail_node_names(graph)
     if len(ignored) == len(graph.graph.node):
         raise ExportError(
-            f"INT8 (NNCF): no node named {BACKBONE_PREFIX}... to quantise (unexpected graph)"
+            f"INT8 (NNCF): no node named {' or '.join(BACKBONE_SCOPES)}... to quantise "
+            "(unexpected graph)"
         )
     presets = {
         "performance": nncf.QuantizationPreset.PERFORMANCE,
