@@ -25,9 +25,9 @@ from stpm_edge.runtime.image import list_images, read_image
 def write_set(images: list[Path], out: Path, shift: int, repeats: int) -> Path:
     """``images`` with ``shift`` added to every channel (clipped), ``repeats`` times, as BGR PNGs."""
     out.mkdir(parents=True, exist_ok=True)
-    for rep in range(repeats):
-        for i, path in enumerate(images):
-            rgb = np.clip(read_image(path).astype(np.int16) + shift, 0, 255).astype(np.uint8)
+    for i, path in enumerate(images):  # each image decoded and shifted once, written per pass
+        rgb = np.clip(read_image(path).astype(np.int16) + shift, 0, 255).astype(np.uint8)
+        for rep in range(repeats):
             cv2.imwrite(str(out / f"{rep:02d}_{i:04d}.png"), rgb[..., ::-1])
     return out
 
