@@ -316,13 +316,15 @@ class InspectionLoop:
             (self.stats.frames - frames_start) / max(now - window_start, 1e-9),
             _percentile(window, 50),
             _percentile(window, 99),
-            self._drops(),
+            self.drops,
             self.stats.ng,
             self.stats.frames,
         )
         self._window = (now, self.stats.frames, len(self.stats.latencies))
 
-    def _drops(self) -> int:
+    @property
+    def drops(self) -> int:
+        """Frames the live queue dropped so far (0 before :meth:`start`)."""
         return self._queue.drops if self._queue is not None else 0
 
     def _infer(self, frames: list[Frame]) -> None:
@@ -405,7 +407,7 @@ class InspectionLoop:
         s = self.stats
         s.elapsed_s = elapsed
         s.fps = s.frames / elapsed if elapsed > 0 else 0.0
-        s.drops = self._drops()
+        s.drops = self.drops
         s.latency_p50_ms, s.latency_p99_ms = (
             _percentile(s.latencies, 50),
             _percentile(s.latencies, 99),

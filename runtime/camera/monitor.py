@@ -229,8 +229,7 @@ class Metrics:
         )
         alarm = core.GaugeMetricFamily("stpm_drift_alarm", "1 while drifted", labels=self.LABELS)
         for camera, (model, loop, monitor) in list(self._cameras.items()):
-            queue = getattr(loop, "_queue", None)
-            drops.add_metric([camera, model], float(queue.drops if queue is not None else 0))
+            drops.add_metric([camera, model], float(loop.drops))
             lost.add_metric([camera, model], float(loop.stats.source_lost))
             if monitor is not None:
                 drift.add_metric([camera, model], monitor.statistic)
