@@ -197,11 +197,19 @@ def stage_shares(
     goes to ``"other"``, so the tail share is never inflated by guesses.
     """
     events = load_trace(events) if isinstance(events, str | Path) else list(events)
+    kernels = _kernel_events(events, skip_first_run=True)
+    durations = ((str(e.get("name", "")).removesuffix(_KERNEL), float(e["dur"])) for e in kernels)
+    return _stage_split(durations, model_path)
+
+
+def _stage_split(
+    durations: Iterable[tuple[str, float]], model_path: str | Path
+) -> dict[str, float]:
+    """Share (0-1) per stage of :func:`graph_stages` of ``(node name, time)`` pairs."""
     stages = graph_stages(model_path)
     totals: dict[str, float] = defaultdict(float)
-    for e in _kernel_events(events, skip_first_run=True):
-        name = str(e.get("name", "")).removesuffix(_KERNEL)
-        totals[_stage_of(name, stages)] += float(e["dur"])
+    for name, duration in durations:
+        totals[_stage_of(name, stages)] += duration
     grand = sum(totals.values()) or 1.0
     return {k: totals.get(k, 0.0) / grand for k in ("pre", "backbones", "tail", "other")}
 
@@ -240,12 +248,5 @@ def reduce_openvino_counts(
         "stages": None,
     }
     if model_path is not None:
-        stages = graph_stages(model_path)
-        totals: dict[str, float] = defaultdict(float)
-        for name, us in by_node.items():
-            totals[_stage_of(name, stages)] += us
-        grand = sum(totals.values()) or 1.0
-        result["stages"] = {
-            k: totals.get(k, 0.0) / grand for k in ("pre", "backbones", "tail", "other")
-        }
+        result["stages"] = _stage_split(by_node.items(), model_path)
     return result
