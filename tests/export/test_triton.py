@@ -266,14 +266,13 @@ def test_tensorrt_accelerator_for_the_onnx_model(tmp_path, onnx_file, monkeypatc
     """--triton-trt: ONNX Runtime's TensorRT provider inside Triton, with engine/timing caches
     and a profile over Triton's batch range; the config parses with Triton's own schema and the
     hand emitter writes the same message."""
-    model_dir = write_triton_repository(
-        tmp_path / "a",
-        onnx_file,
+    options = dict(
         max_batch_size=8,
         preferred_batch_sizes=(2, 4),
         tensorrt_accelerator=True,
         trt_workspace_mb=512,
     )
+    model_dir = write_triton_repository(tmp_path / "a", onnx_file, **options)
     cfg = parse_config(model_dir)
     assert cfg.platform == "onnxruntime_onnx"
     (acc,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
@@ -292,14 +291,7 @@ def test_tensorrt_accelerator_for_the_onnx_model(tmp_path, onnx_file, monkeypatc
     assert not cfg.optimization.execution_accelerators.cpu_execution_accelerator
 
     monkeypatch.setattr(triton, "_load_model_config_pb2", lambda: None)
-    hand = write_triton_repository(
-        tmp_path / "b",
-        onnx_file,
-        max_batch_size=8,
-        preferred_batch_sizes=(2, 4),
-        tensorrt_accelerator=True,
-        trt_workspace_mb=512,
-    )
+    hand = write_triton_repository(tmp_path / "b", onnx_file, **options)  # same options
     assert "gpu_execution_accelerator [" in (hand / "config.pbtxt").read_text()
     assert parse_config(hand) == cfg
 
