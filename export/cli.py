@@ -266,6 +266,10 @@ def _check_args(args: argparse.Namespace) -> None:
                 "nothing was written; pass --force to overwrite",
             )
         )
+    if args.pixel_threshold is not None and args.threshold is None:
+        raise ConfigError(
+            note("--pixel-threshold needs --threshold", "give both, e.g. --threshold 0.02")
+        )
 
 
 def _calibration_rgb(args: argparse.Namespace, size: int):
@@ -417,11 +421,7 @@ def _recalibrate(graph, payload: dict, config, options, args: argparse.Namespace
     from stpm_edge.export.parity import run_onnx
 
     precision = G.read_metadata(graph).get("stpm.precision", options.precision)
-    if getattr(args, "pixel_threshold", None) is not None and args.threshold is None:
-        raise ConfigError(
-            note("--pixel-threshold needs --threshold", "give both, e.g. --threshold 0.02")
-        )
-    if getattr(args, "threshold", None) is not None:
+    if args.threshold is not None:
         calibration = C.calibrate_manual(
             args.threshold, args.pixel_threshold, base=payload["calibration"]
         )
