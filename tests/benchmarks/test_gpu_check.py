@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from test_bench_cli import stpm_test_double
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu" / "check.sh"
@@ -90,21 +89,9 @@ def test_unknown_argument_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2 and "unknown argument --bogus" in done.stderr
 
 
-def tiny_model(path: Path) -> Path:
-    """uint8 (N, 8, 8, 3) -> Cast: enough for the timing loop (make_feeds reads input_size)."""
-    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 8, 8, 3])
-    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 3])
-    graph = helper.make_graph([helper.make_node("Cast", ["image"], ["y"], to=1)], "t", [inp], [out])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    helper.set_model_props(model, {"stpm.input_size": "[8, 8]", "stpm.precision": "fp32"})
-    onnx.save(model, str(path))
-    return path
-
-
 def test_iobinding_records_both_modes(tmp_path: Path) -> None:
     gpu_report = load_helper()
-    model = tiny_model(tmp_path / "m.onnx")
+    model = stpm_test_double(tmp_path / "m.onnx")
     out = tmp_path / "iob.json"
     argv = ["iobinding", str(model), "--backend", "ort-cpu", "--batch", "1,2"]
     assert gpu_report.main([*argv, "--seconds", "0.01", "--out", str(out)]) == 0
