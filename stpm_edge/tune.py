@@ -106,10 +106,12 @@ def marked_images(folders: list[str]) -> list[Path]:
 
 
 # -- data -----------------------------------------------------------------------------------------
-def original_split(payload: dict[str, Any]) -> tuple[list, list]:
-    """(train, val) samples of the run that made the checkpoint (its recorded data and split)."""
+def original_train(payload: dict[str, Any]) -> list:
+    """The training samples of the run that made the checkpoint (its recorded data and split).
+
+    The validation half is not needed here: re-calibration reads the checkpoint's ``val_paths``.
+    """
     from stpm_edge.data import load_training_source, split_train_val
-    from stpm_edge.data.mvtec import Sample
 
     train_cfg = payload.get("train_config") or {}
     data = train_cfg.get("data")
@@ -122,15 +124,12 @@ def original_split(payload: dict[str, Any]) -> tuple[list, list]:
             )
         )
     samples = load_training_source(data, train_cfg.get("category")).train_good()
-    train, val = split_train_val(
+    train, _ = split_train_val(
         samples, float(train_cfg.get("val_fraction", 0.2)), int(train_cfg.get("seed", 0))
     )
     if train_cfg.get("max_train_images"):
         train = train[: int(train_cfg["max_train_images"])]
-    recorded = [Path(p) for p in payload.get("val_paths") or []]
-    if recorded and all(p.is_file() for p in recorded):
-        val = [Sample(path=p, label=0, defect_type="good", mask_path=None) for p in recorded]
-    return train, val
+    return train
 
 
 def repeats_for(n_train: int, n_extra: int, share: float) -> int:
@@ -239,7 +238,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     out = check_output(cfg)
     payload = load_checkpoint(cfg.checkpoint)
     extra = marked_images(cfg.extra_good)
-    train, _val = original_split(payload)
+    train = original_train(payload)
     repeats = repeats_for(len(train), len(extra), cfg.extra_share)
     extra_samples = [Sample(path=p, label=0, defect_type="good", mask_path=None) for p in extra]
     started = time.perf_counter()
