@@ -54,6 +54,7 @@ import numpy as np
 
 from stpm_edge.data.synth.common import (
     check_counts,
+    check_names,
     exact_change,
     image_rng,
     mean_change,
@@ -146,11 +147,7 @@ def _check_args(
         raise ConfigError(
             note("no benchmark category given", f"choose from {', '.join(CATEGORIES)}")
         )
-    for name in categories:
-        if name not in CATEGORIES:
-            raise ConfigError(
-                note(f"unknown benchmark category '{name}'", f"available: {', '.join(CATEGORIES)}")
-            )
+    check_names(categories, CATEGORIES, "benchmark category")
     check_counts(n_train, n_test_good, n_test_defect, size)
 
 

@@ -42,6 +42,7 @@ from stpm_edge.data.synth.common import (
     MASK_TOL,
     blob,
     check_counts,
+    check_names,
     composite,
     image_rng,
     mean_change,
@@ -222,16 +223,8 @@ def _rng(seed: int, category: str, split: str, index: int) -> np.random.Generato
 
 
 def _check_args(categories, defect_types, n_train, n_test_good, n_test_defect, image_size) -> None:
-    for name in categories:
-        if name not in TEXTURES:
-            raise ConfigError(
-                note(f"unknown demo category '{name}'", f"available: {', '.join(TEXTURES)}")
-            )
-    for name in defect_types:
-        if name not in DEFECT_TYPES:
-            raise ConfigError(
-                note(f"unknown defect type '{name}'", f"available: {', '.join(DEFECT_TYPES)}")
-            )
+    check_names(categories, TEXTURES, "demo category")
+    check_names(defect_types, DEFECT_TYPES, "defect type")
     if not categories or not defect_types:
         raise ConfigError(note("nothing to build", "give at least one category and defect type"))
     check_counts(n_train, n_test_good, n_test_defect, image_size)

@@ -144,6 +144,15 @@ def prepare_output(out: Path, categories: Sequence[str], force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def check_names(names: Sequence[str], available: Sequence[str], what: str) -> None:
+    """Every name one of ``available`` (``ConfigError: unknown <what> '<name>'`` otherwise)."""
+    for name in names:
+        if name not in available:
+            raise ConfigError(
+                note(f"unknown {what} '{name}'", f"available: {', '.join(available)}")
+            )
+
+
 def check_counts(n_train: int, n_test_good: int, n_test_defect: int, image_size: int) -> None:
     """The image counts and size every builder accepts (``ConfigError`` naming the flag)."""
     if n_train < 1 or n_test_good < 0 or n_test_defect < 0:
