@@ -123,6 +123,17 @@ def make_fake_onnx():
     return make_fake_stpm_onnx
 
 
+def log_records(path: Path) -> list[dict]:
+    """Every line of a JSONL log, parsed (a line that does not parse fails the test)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def frames_and_events(path: Path) -> tuple[list[dict], list[dict]]:
+    """A camera log split into its frame lines and its event lines."""
+    records = log_records(path)
+    return [r for r in records if "frame" in r], [r for r in records if "event" in r]
+
+
 def bright_frame(h: int = 120, w: int = 160) -> np.ndarray:
     return np.full((h, w, 3), 250, np.uint8)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import bright_frame, camera_process, dark_frame, sigterm
+from conftest import bright_frame, camera_process, dark_frame, frames_and_events, sigterm
 
 from stpm_edge.runtime import AnomalyDetector
 from stpm_edge.runtime.camera import (
@@ -22,11 +22,6 @@ from stpm_edge.runtime.camera import (
     main,
     open_source,
 )
-
-
-def _lines(path: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [r for r in records if "frame" in r], [r for r in records if "event" in r]
 
 
 @pytest.fixture
@@ -53,7 +48,7 @@ def _run(detector, spec, **options) -> tuple:
 def test_folder_with_corrupt_image(detector, folder, tmp_path) -> None:
     log = tmp_path / "run.jsonl"
     stats = _run(detector, folder, log=str(log), save_ng=str(tmp_path / "ng"))
-    frames, events = _lines(log)
+    frames, events = frames_and_events(log)
     assert [Path(f["file"]).name for f in frames] == ["00.png", "01.png", "02.png", "03.png"]
     assert [f["frame"] for f in frames] == [0, 1, 2, 3]
     assert [f["verdict"] for f in frames] == ["OK", "NG", "OK", "NG"]
@@ -102,7 +97,7 @@ def test_video_file(detector, tmp_path) -> None:
     writer.release()
     log = tmp_path / "v.jsonl"
     stats = _run(SlowFirstCall(detector), video, log=str(log), batch=4)
-    frames, _ = _lines(log)
+    frames, _ = frames_and_events(log)
     assert [f["frame"] for f in frames] == list(range(10))
     assert [f["verdict"] for f in frames] == ["NG" if i % 3 == 0 else "OK" for i in range(10)]
     assert max(f["batch"] for f in frames) > 1  # micro-batching took several frames at once
@@ -145,7 +140,7 @@ def test_source_fails_mid_stream_is_reconnected(detector, tmp_path) -> None:
     log = tmp_path / "flaky.jsonl"
     opts = LoopOptions(log=str(log), reconnect_delay=0.01, stats_every=0, source_name="flaky")
     stats = InspectionLoop(detector, lambda: FlakySource(state), opts).run()
-    frames, events = _lines(log)
+    frames, events = frames_and_events(log)
     assert [f["file"] for f in frames] == [f"f{i}" for i in range(8)]
     assert [f["device_frame_id"] for f in frames] == [100 + i for i in range(8)]  # source meta
     names = [e["event"] for e in events]
@@ -161,7 +156,7 @@ def test_source_never_opens_gives_up(detector, tmp_path) -> None:
     log = tmp_path / "dead.jsonl"
     opts = LoopOptions(log=str(log), reconnect_delay=0.001, max_reconnects=2, stats_every=0)
     stats = InspectionLoop(detector, lambda: Dead({"connections": 0}), opts).run()
-    _, events = _lines(log)
+    _, events = frames_and_events(log)
     names = [e["event"] for e in events]
     assert names.count("open_failed") == 3 and names.count("reconnect") == 2 and "gave_up" in names
     assert stats.frames == 0
@@ -207,7 +202,7 @@ def test_cli_config_and_errors(fake_onnx, folder, tmp_path, capsys) -> None:
     config = tmp_path / "cfg.yaml"
     config.write_text(f"model: {fake_onnx}\nsource: {folder}\nmax-frames: 3\nstats_every: 0\n")
     assert main(["--config", str(config), "--log", str(log), "--max-frames", "2"]) == 0
-    frames, _ = _lines(log)
+    frames, _ = frames_and_events(log)
     assert len(frames) == 2  # the flag overrides the config
     assert "final_stats" in capsys.readouterr().err
     config.write_text("modle: x\n")
@@ -244,7 +239,7 @@ def test_sigterm_stops_cleanly(fake_onnx, folder, tmp_path) -> None:
             pytest.fail("stpm-camera wrote no log lines")
         err = sigterm(proc)
     assert proc.returncode == 0, err
-    frames, events = _lines(log)  # every line parses
+    frames, events = frames_and_events(log)  # every line parses
     assert len(frames) >= 4
     assert events[-1]["event"] == "stop" and events[-1]["stopped_by"] == "SIGTERM"
     assert "final_stats" in err and "stats:" in err
@@ -299,7 +294,7 @@ def test_empty_video_in_process_stops_as_empty(detector, tmp_path) -> None:
         on_end="loop",
         duration=3,
     )
-    _, events = _lines(log)
+    _, events = frames_and_events(log)
     assert stats.stopped_by == "empty" and stats.frames == 0
     assert [e["event"] for e in events] == ["start", "empty", "stop"]  # no endless rewinds
 
@@ -336,7 +331,7 @@ def test_registered_scheme_source_through_the_cli(fake_onnx, tmp_path, monkeypat
     log = tmp_path / "sdk.jsonl"
     argv = ["--model", str(fake_onnx), "--source", "fakecam://serial-123", "--log", str(log)]
     assert main(argv + ["--stats-every", "0"]) == 0
-    frames, events = _lines(log)
+    frames, events = frames_and_events(log)
     assert [f["device_frame_id"] for f in frames] == [11, 12, 13]
     assert [f["verdict"] for f in frames] == ["OK", "NG", "OK"]
     assert frames[0]["source"] == "fakecam://serial-123" and "file" not in frames[0]

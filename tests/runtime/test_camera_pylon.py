@@ -7,7 +7,6 @@ tested without pypylon.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import frames_and_events
 
 from stpm_edge.errors import ConfigError, DataError
 from stpm_edge.runtime import AnomalyDetector
@@ -30,11 +30,6 @@ needs_pypylon = pytest.mark.skipif(
     not HAVE_PYPYLON, reason="pypylon is not installed (pip install 'stpm-edge[pylon]')"
 )
 SERIAL = "0815-0000"  # pylon's first emulated camera
-
-
-def _records(log: Path) -> tuple[list[dict], list[dict]]:
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    return [r for r in records if "frame" in r], [r for r in records if "event" in r]
 
 
 def _stpm_camera(model: Path, source: str, log: Path, *bounds: str) -> subprocess.CompletedProcess:
@@ -70,7 +65,7 @@ def test_emulated_camera_verdicts_equal_disk_verdicts(exported_onnx, parts, tmp_
     log = tmp_path / "pylon.jsonl"
     done = _stpm_camera(exported_onnx, spec, log, "--max-frames", str(2 * n))
     assert done.returncode == 0, done.stderr
-    frames, events = _records(log)
+    frames, events = frames_and_events(log)
     with AnomalyDetector(exported_onnx, threads=1) as det:
         disk = det.predict([decode_bgr(p) for p in parts])
     assert len(frames) == 2 * n  # every file twice: the emulator cycles through the folder
@@ -102,7 +97,7 @@ def test_emulated_mono12_free_run(exported_onnx, parts, tmp_path) -> None:
     log = tmp_path / "mono12.jsonl"
     done = _stpm_camera(exported_onnx, spec, log, "--max-frames", "20")
     assert done.returncode == 0, done.stderr
-    frames, events = _records(log)
+    frames, events = frames_and_events(log)
     # written out here, independent of the image module: 12-bit 16 * v, full scale to full scale
     expected_frames = [
         cv2.cvtColor(np.round(g * 16.0 * 255 / 4095).astype(np.uint8), cv2.COLOR_GRAY2BGR)
@@ -130,7 +125,7 @@ def test_emulated_hardware_trigger_waits_and_stops_cleanly(fake_onnx, tmp_path) 
         fake_onnx, "pylon://?trigger=line1&timeout_ms=200", log, "--duration", "1.5"
     )
     assert done.returncode == 0, done.stderr
-    frames, events = _records(log)
+    frames, events = frames_and_events(log)
     assert frames == [] and [e["event"] for e in events] == ["start", "stop"]
     assert events[-1]["stopped_by"] == "duration" and events[-1]["reconnects"] == 0
     assert time.monotonic() - start < 30

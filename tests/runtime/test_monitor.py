@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import camera_process, sigterm
+from conftest import camera_process, log_records, sigterm
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.errors import ConfigError
@@ -26,8 +26,7 @@ pytest.importorskip("prometheus_client", reason="the monitor extra (prometheus-c
 
 
 def _events(log: Path, name: str) -> list[dict]:
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    return [r for r in records if r.get("event") == name]
+    return [r for r in log_records(log) if r.get("event") == name]
 
 
 # -- the drift statistic on synthetic score streams ---------------------------------------------

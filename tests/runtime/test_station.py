@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import bright_frame, camera_process, dark_frame, sigterm
+from conftest import bright_frame, camera_process, dark_frame, log_records, sigterm
 
 from stpm_edge.runtime.camera import SourceError, SourceFrame, main, open_source
 from stpm_edge.runtime.camera.station import (
@@ -20,10 +20,6 @@ from stpm_edge.runtime.camera.station import (
     build_station,
     parse_station,
 )
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _folder(root: Path, frames: list[np.ndarray]) -> Path:
@@ -103,7 +99,7 @@ def test_three_cameras_one_fails_the_others_deliver_everything(fake_onnx, tmp_pa
         return FailsAfter(spec) if spec.startswith("dead://") else open_source(spec)
 
     station, stats = _run_station(cameras, _args(), factory)
-    records = _records(log)  # one shared file: every line parses and names its camera
+    records = log_records(log)  # one shared file: every line parses and names its camera
     assert all("camera" in r for r in records)
     frames = {c: [r for r in records if r.get("camera") == c and "verdict" in r] for c in stats}
     assert [f["verdict"] for f in frames["left"]] == ["OK", "NG"] * 4
@@ -162,7 +158,7 @@ def test_cameras_sharing_a_model_are_batched_together_each_with_its_roi(
     assert stats["a"].ng == 0 and stats["c"].ng == 6 and stats["b"].ng == 0
     mixed = [call for call in recorder.calls if len(set(call)) > 1]
     assert mixed, recorder.calls  # frames of different cameras went through one model call
-    assert max(r["batch"] for r in _records(log) if "batch" in r and "verdict" in r) > 1
+    assert max(r["batch"] for r in log_records(log) if "batch" in r and "verdict" in r) > 1
 
 
 def test_a_camera_whose_roi_does_not_fit_only_hurts_itself(fake_onnx, tmp_path) -> None:
@@ -174,7 +170,7 @@ def test_a_camera_whose_roi_does_not_fit_only_hurts_itself(fake_onnx, tmp_path) 
     ]
     # a long batch wait: both cameras' frames land in one model call, which the bad ROI fails
     _, stats = _run_station(cameras, _args(batch=8, batch_timeout_ms=300.0))
-    errors = [r for r in _records(log) if r.get("event") == "frame_error"]
+    errors = [r for r in log_records(log) if r.get("event") == "frame_error"]
     assert stats["good"].frames == 4 and stats["bad"].frames == 0
     assert errors and {r["camera"] for r in errors} == {"bad"}
 
@@ -234,7 +230,7 @@ def test_station_file_through_the_cli(fake_onnx, tmp_path, capsys) -> None:
     argv = ["--station", str(station), "--model", str(fake_onnx), "--log", str(log),
             "--save-ng", str(tmp_path / "ng"), "--stats-every", "0", "--batch", "2"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
-    records = _records(log)
+    records = log_records(log)
     verdicts = {c: [r["verdict"] for r in records if r.get("camera") == c and "verdict" in r]
                 for c in ("left", "cam1")}  # fmt: skip
     assert verdicts == {"left": ["OK", "NG"], "cam1": ["NG", "NG", "NG"]}
@@ -337,6 +333,6 @@ def test_sigterm_stops_every_camera_cleanly(fake_onnx, tmp_path) -> None:
             time.sleep(0.05)
         err = sigterm(proc)
     assert proc.returncode == 0, err
-    stops = [r for r in _records(log) if r.get("event") == "stop"]  # every line parses
+    stops = [r for r in log_records(log) if r.get("event") == "stop"]  # every line parses
     assert sorted(r["camera"] for r in stops) == ["cam0", "cam1"]
     assert {r["stopped_by"] for r in stops} == {"SIGTERM"}
