@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .check import FAIL, PASS, SKIP, Check
-from .model import default_trt_version, model_metadata, tensorrt_check
+from .model import default_trt_version, tensorrt_check
 from .parity import Outputs, Reference, judge_parity
 
 logger = logging.getLogger(__name__)
@@ -121,13 +121,16 @@ def reference_run(args: argparse.Namespace, reference: Path) -> Reference:
         return Reference(reference, det.info.precision, frames, args.frames, _predict(det, frames))
 
 
-def model_checks(args: argparse.Namespace, env: dict[str, Any]) -> list[Check]:
-    """TensorRT check, reference run, then one check per backend."""
+def model_checks(
+    args: argparse.Namespace, env: dict[str, Any], metadata: dict[str, str] | None
+) -> list[Check]:
+    """TensorRT check, reference run, then one check per backend (``metadata``: MODEL's
+    ``stpm.*`` props, :func:`.model.model_metadata`)."""
     from ..runners import available_backends
 
     model = Path(args.model)
     trt_version = args.trt_version or default_trt_version(env)
-    checks = [tensorrt_check(model, trt_version, model_metadata(model))]
+    checks = [tensorrt_check(model, trt_version, metadata)]
     name = f"reference ({REFERENCE_BACKEND})"
     try:
         ref = reference_run(args, Path(args.reference) if args.reference else model)

@@ -11,6 +11,7 @@ from stpm_edge.errors import ConfigError, note
 
 from .backends import model_checks
 from .environment import environment_warnings, probe_environment
+from .model import model_metadata
 from .report import build_report, render_markdown, target_dir, write_report
 
 
@@ -70,8 +71,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     folder = target_dir(args.out, args.force)
     env = probe_environment()
     warnings = environment_warnings(env)
-    checks = model_checks(args, env) if args.model else []
-    report = build_report(args, argv, env, warnings, checks)
+    metadata = model_metadata(Path(args.model)) if args.model else None  # read once
+    checks = model_checks(args, env, metadata) if args.model else []
+    report = build_report(args, argv, env, warnings, checks, metadata)
     markdown = render_markdown(report)
     write_report(folder, report, markdown)
     print(markdown, end="")

@@ -16,7 +16,6 @@ import numpy as np
 from stpm_edge.errors import ConfigError, OutputExistsError, note
 
 from .check import FAIL, Check
-from .model import model_metadata
 
 SCHEMA = "stpm-doctor/1"
 REPORT_FILES = ("doctor.md", "doctor.json")
@@ -94,12 +93,13 @@ def build_report(
     env: dict[str, Any],
     warnings: list[str],
     checks: list[Check],
+    metadata: dict[str, str] | None,
 ) -> dict[str, Any]:
     from stpm_edge import __version__
 
     model = None
     if args.model:
-        model = {"path": str(args.model), "metadata": model_metadata(Path(args.model))}
+        model = {"path": str(args.model), "metadata": metadata}
     return {
         "schema_version": SCHEMA,
         "command": shlex.join(["stpm-doctor", *argv]),
