@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -73,6 +75,20 @@ def check_feeds(feeds: Mapping[str, np.ndarray], spec: Spec, runner_name: str) -
                     "the layout the graph's metadata asks for",
                 )
             )
+
+
+def model_file(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`Path` if it is an existing file (what a runner given a path loads).
+
+    Raises:
+        BackendError: no such file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BackendError(
+            note(f"model file {path} not found", "pass the model.onnx stpm-export wrote")
+        )
+    return path
 
 
 _C = TypeVar("_C", bound="ClosesOnExit")

@@ -33,7 +33,7 @@ import numpy as np
 
 from stpm_edge.errors import BackendError, note
 
-from .base import Runner
+from .base import Runner, model_file
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +162,7 @@ class OpenVinoRunner(Runner):
             model = model()
         if hasattr(model, "get_rt_info"):
             return model, None
-        path = Path(model)
-        if not path.is_file():
-            raise BackendError(
-                note(f"model file {path} not found", "pass the model.onnx stpm-export wrote")
-            )
+        path = model_file(model)
         if path.suffix.lower() not in MODEL_SUFFIXES:
             raise BackendError(
                 note(f"OpenVINO cannot read {path.name}", f"expected one of {MODEL_SUFFIXES}")

@@ -42,7 +42,7 @@ import numpy as np
 
 from stpm_edge.errors import BackendError, note
 
-from .base import Runner
+from .base import Runner, model_file
 
 logger = logging.getLogger(__name__)
 
@@ -380,12 +380,7 @@ class OrtRunner(Runner):
         if callable(model) and not hasattr(model, "run"):
             model = model()
         if isinstance(model, (str, os.PathLike)):
-            path = Path(model)
-            if not path.is_file():
-                raise BackendError(
-                    note(f"model file {path} not found", "pass the model.onnx stpm-export wrote")
-                )
-            return str(path)
+            return str(model_file(model))
         return model
 
     # -- backend hooks ---------------------------------------------------------------------------
