@@ -192,10 +192,11 @@ class FusedSTPM(nn.Module):
         super().__init__()
         cfg = model.config
         self.options, self.size = options, (cfg.image_size, cfg.image_size)
-        self.blur_sigma, self.reduction, self.topk = (
+        self.map_settings = (
             cfg.blur_sigma,
             cfg.score_reduction,
             cfg.topk_fraction,
+            cfg.map_resolution,
         )
         # named buffers -> named initializers, so a re-calibration can overwrite them in the ONNX
         self.register_buffer(THRESHOLD_NAME, torch.tensor(float(calibration["image_threshold"])))
@@ -237,8 +238,7 @@ class FusedSTPM(nn.Module):
         if self.half_backbone:
             x = x.half()
         teacher, student = self.pair(x)
-        amap, scale_maps = am.anomaly_map(teacher, student, self.size, self.blur_sigma)
-        score = am.image_score(amap, self.reduction, self.topk)
+        amap, score, scale_maps = am.score_map(teacher, student, self.size, *self.map_settings)
         normalized = am.normalize_score(
             score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME)
         )
@@ -318,6 +318,7 @@ def build_metadata(
         "blur_sigma": cfg.blur_sigma,
         "score_reduction": cfg.score_reduction,
         "topk_fraction": cfg.topk_fraction,
+        "map_resolution": cfg.map_resolution,
         "teacher_weights": cfg.teacher_weights,
         "checkpoint_sha256": checkpoint_sha256,
         "outputs": output_names(options),

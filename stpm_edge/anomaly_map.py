@@ -3,8 +3,14 @@
 Steps (Wang et al., BMVC 2021):
 1. L2-normalise teacher and student features along channels: ``t̂ = t / ||t||``.
 2. Per scale and position, ``d = 0.5 * ||t̂ - ŝ||²`` -> (B, 1, h, w); the training loss is its mean.
-3. Upsample every scale bilinearly (align_corners=False) to the input size and multiply them.
+3. Upsample every scale bilinearly (align_corners=False) to one grid and multiply them.
 4. Optionally blur (Gaussian, as a depthwise convolution); image score = max (or top-k mean).
+
+The grid of steps 3-4 is the map resolution: ``"input"`` (the paper: every scale upsampled to the
+input size, then blurred and scored there) or ``"feature"`` (the finest feature grid, stride 4:
+combined, blurred with the same sigma in input pixels and scored there, then upsampled once to the
+input size for the output map). ``"feature"`` does 1/16 of the tail's per-pixel work; the two agree
+to the blur's and the bilinear kernel's small difference (tests/test_anomaly_map.py bounds it).
 
 Every function casts its inputs to float32 first. In an FP16 export the backbones run in half
 precision but this tail does not: a raw feature's sum of squares overflows fp16 (> 65504), an eps of
@@ -22,23 +28,34 @@ import torch.nn.functional as F
 NORM_EPS = 1e-6  # representable in float32 with room; only guards all-zero feature vectors
 
 
-def normalize_features(features: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) any float dtype -> (B, C, h, w) float32 with unit L2 norm over C."""
-    x = features.float()
-    norm = torch.sqrt(torch.sum(x * x, dim=1, keepdim=True))
-    return x / torch.clamp(norm, min=NORM_EPS)
-
-
 def scale_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Per-position distance of one scale: (B, C, h, w) x2 -> (B, 1, h, w) float32 in [0, 2]."""
-    diff = normalize_features(teacher) - normalize_features(student)
-    return 0.5 * torch.sum(diff * diff, dim=1, keepdim=True)
+    """Per-position distance of one scale: (B, C, h, w) x2 -> (B, 1, h, w) float32 in [0, 2].
+
+    ``0.5 * ||t̂ - ŝ||²`` expanded as ``0.5 * (|t̂|² + |ŝ|²) - t̂·ŝ``: three channel reductions
+    (t·t, s·s, t·s) instead of normalising both C-channel tensors and differencing them, i.e. 4
+    full-size passes instead of 9 in the exported graph — the same value (to float32 rounding,
+    clamped at 0), including an all-zero vector (its normalised form is 0: the norm is clamped
+    at ``NORM_EPS`` before dividing).
+    """
+    t, s = teacher.float(), student.float()
+    tt = torch.sum(t * t, dim=1, keepdim=True)
+    ss = torch.sum(s * s, dim=1, keepdim=True)
+    ts = torch.sum(t * s, dim=1, keepdim=True)
+    nt = torch.clamp(torch.sqrt(tt), min=NORM_EPS)
+    ns = torch.clamp(torch.sqrt(ss), min=NORM_EPS)
+    d = 0.5 * (tt / (nt * nt) + ss / (ns * ns)) - ts / (nt * ns)
+    return torch.clamp(d, min=0.0)  # rounding can leave -1e-7 where t̂ = ŝ; products need >= 0
 
 
-def stpm_loss(teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor]) -> torch.Tensor:
+def stpm_loss(
+    teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor], scale: float = 1.0
+) -> torch.Tensor:
     """The paper's loss: per scale the mean over positions of ``scale_distance``, summed over scales
-    and averaged over the batch. Returns a float32 scalar."""
-    return sum(
+    and averaged over the batch, times ``scale``. Returns a float32 scalar.
+
+    ``scale=2.0`` is the official STFPM code's loss, ``sum_c (t̂ - ŝ)²`` without the 0.5.
+    """
+    return scale * sum(
         scale_distance(t, s).mean() for t, s in zip(teacher_feats, student_feats, strict=True)
     )
 
@@ -78,15 +95,57 @@ def gaussian_blur(anomaly: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, g.view(1, 1, 1, -1))
 
 
+MAP_RESOLUTIONS = ("feature", "input")
+
+
+def map_grid(
+    scale_maps: list[torch.Tensor], size: tuple[int, int], resolution: str
+) -> tuple[int, int]:
+    """The grid the scales are combined, blurred and scored on (see the module docstring)."""
+    if resolution == "input":
+        return size
+    if resolution == "feature":
+        # int(): under ONNX tracing shape entries are tensors; the grid is static in the graph
+        return int(scale_maps[0].shape[-2]), int(scale_maps[0].shape[-1])
+    raise ValueError(f"unknown map resolution {resolution!r}; expected one of {MAP_RESOLUTIONS}")
+
+
 def anomaly_map(
     teacher_feats: list[torch.Tensor],
     student_feats: list[torch.Tensor],
     size: tuple[int, int],
     blur_sigma: float = 0.0,
+    resolution: str = "input",
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The full map: -> ((B, 1, H, W) float32, [per-scale (B, 1, h_i, w_i) float32])."""
+    """The map on its grid: -> ((B, 1, h, w) float32, [per-scale (B, 1, h_i, w_i) float32]).
+
+    ``blur_sigma`` is in input pixels whatever the grid, so a setting means the same at both
+    resolutions.
+    """
     scale_maps = [scale_distance(t, s) for t, s in zip(teacher_feats, student_feats, strict=True)]
-    return gaussian_blur(combine_scales(scale_maps, size), blur_sigma), scale_maps
+    grid = map_grid(scale_maps, size, resolution)
+    sigma = blur_sigma * grid[0] / size[0]
+    return gaussian_blur(combine_scales(scale_maps, grid), sigma), scale_maps
+
+
+def score_map(
+    teacher_feats: list[torch.Tensor],
+    student_feats: list[torch.Tensor],
+    size: tuple[int, int],
+    blur_sigma: float = 0.0,
+    reduction: str = "max",
+    topk_fraction: float = 0.01,
+    resolution: str = "input",
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Map, score and scale maps -> ((B, 1, H, W), (B,), [(B, 1, h_i, w_i)]), all float32.
+
+    What the model's evaluation and the exported graph both compute: the score is taken on the
+    map's own grid, and the map is upsampled to the input size only for the output.
+    """
+    grid_map, scale_maps = anomaly_map(teacher_feats, student_feats, size, blur_sigma, resolution)
+    score = image_score(grid_map, reduction, topk_fraction)
+    full = grid_map if resolution == "input" else upsample(grid_map, size)
+    return full, score, scale_maps
 
 
 # TensorRT's TopK takes K < 3840 (onnx-tensorrt docs/operators.md, TopK: "`K` input must be less

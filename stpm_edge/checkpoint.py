@@ -25,6 +25,9 @@ REQUIRED_KEYS = ("format", "config", "teacher", "student", "calibration")
 # Config keys older checkpoints carry and this version ignores: ``layers`` only named the backbone's
 # feature stages, which the backbone registry defines (it never selected anything).
 LEGACY_KEYS = frozenset({"layers"})
+# Settings added later, with the value every checkpoint saved before them was calibrated with:
+# a missing key means that value, never the newer default.
+LEGACY_DEFAULTS = {"map_resolution": "input"}
 
 
 def library_versions() -> dict[str, str]:
@@ -113,7 +116,8 @@ def _reason(exc: Exception) -> str:
 
 def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> STPM:
     """Rebuild an :class:`STPM` from a checkpoint dict (no download: the teacher is inside)."""
-    config = ModelConfig(**{k: v for k, v in payload["config"].items() if k not in LEGACY_KEYS})
+    saved = {k: v for k, v in payload["config"].items() if k not in LEGACY_KEYS}
+    config = ModelConfig(**{**LEGACY_DEFAULTS, **saved})
     model = STPM(config, load_teacher=False)
     try:
         model.teacher.load_state_dict(payload["teacher"], strict=True)

@@ -193,6 +193,7 @@ class EvalOptions:
     blur_sigma: float | None = None
     score_reduction: str | None = None
     topk_fraction: float | None = None
+    map_resolution: str | None = None
     skip_bad: bool = False
     save_calibrated: Path | None = None
 
@@ -201,6 +202,7 @@ class EvalOptions:
             "blur_sigma": self.blur_sigma,
             "score_reduction": self.score_reduction,
             "topk_fraction": self.topk_fraction,
+            "map_resolution": self.map_resolution,
         }
         return {k: v for k, v in values.items() if v is not None}
 
@@ -232,7 +234,8 @@ def evaluate_checkpoint(
     )
     metrics = write_report(pred, calibration or _fallback_calibration(pred), out)
     metrics["map_settings"] = {
-        k: getattr(model.config, k) for k in ("blur_sigma", "score_reduction", "topk_fraction")
+        k: getattr(model.config, k)
+        for k in ("blur_sigma", "score_reduction", "topk_fraction", "map_resolution")
     }
     if options.save_calibrated is not None:
         metrics["saved_calibrated_checkpoint"] = str(

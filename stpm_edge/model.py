@@ -30,6 +30,10 @@ class ModelConfig:
     blur_sigma: float = 4.0
     score_reduction: str = "topk"
     topk_fraction: float = 0.01
+    # where the map is combined, blurred and scored (anomaly_map module docstring); checkpoints
+    # saved before this setting existed load as "input" (checkpoint.py), so their calibrated
+    # thresholds keep their meaning
+    map_resolution: str = "feature"
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
 
@@ -46,6 +50,13 @@ class ModelConfig:
             raise ConfigError(
                 note(
                     f"--score-reduction {self.score_reduction!r} is unknown", "use 'max' or 'topk'"
+                )
+            )
+        if self.map_resolution not in am.MAP_RESOLUTIONS:
+            raise ConfigError(
+                note(
+                    f"--map-resolution {self.map_resolution!r} is unknown",
+                    f"use one of {', '.join(am.MAP_RESOLUTIONS)}",
                 )
             )
         self.mean = list(self.mean or spec.weights.mean)
@@ -90,22 +101,34 @@ class STPM(nn.Module):
         return teacher, self.student(x)
 
     def loss(
-        self, x: torch.Tensor, teacher_feats: list[torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        teacher_feats: list[torch.Tensor] | None = None,
+        scale: float = 1.0,
     ) -> torch.Tensor:
-        """The STPM training loss for a batch: float32 scalar.
+        """The STPM training loss for a batch: float32 scalar (``scale``: see ``am.stpm_loss``).
 
-        ``teacher_feats`` may be given when they are cached (the teacher is frozen and training
-        uses no augmentation, so its features of an image never change).
+        ``teacher_feats`` may be given when they are cached (the teacher is frozen and, without
+        augmentation, its features of an image never change).
         """
         if teacher_feats is None:
             teacher_feats, student = self.features(x)
         else:
             student = self.student(x)
-        return am.stpm_loss(teacher_feats, student)
+        return am.stpm_loss(teacher_feats, student, scale)
 
     @torch.no_grad()
     def score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (anomaly map (B, 1, H, W) float32, image score (B,) float32)."""
         teacher, student = self.features(x)
-        amap, _ = am.anomaly_map(teacher, student, tuple(x.shape[-2:]), self.config.blur_sigma)
-        return amap, am.image_score(amap, self.config.score_reduction, self.config.topk_fraction)
+        cfg = self.config
+        amap, score, _ = am.score_map(
+            teacher,
+            student,
+            tuple(x.shape[-2:]),
+            cfg.blur_sigma,
+            cfg.score_reduction,
+            cfg.topk_fraction,
+            cfg.map_resolution,
+        )
+        return amap, score

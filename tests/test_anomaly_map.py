@@ -9,25 +9,45 @@ import torch
 from stpm_edge import anomaly_map as am
 
 
-def test_normalize_features_survives_fp16_overflow() -> None:
+def reference_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The paper's definition, literally and in float64: normalise both, difference, 0.5 |.|²."""
+    t, s = t.double(), s.double()
+    t_hat = t / t.norm(dim=1, keepdim=True).clamp(min=am.NORM_EPS)
+    s_hat = s / s.norm(dim=1, keepdim=True).clamp(min=am.NORM_EPS)
+    return 0.5 * ((t_hat - s_hat) ** 2).sum(dim=1, keepdim=True)
+
+
+def test_scale_distance_equals_the_normalised_difference() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(2, 64, 9, 9)
+    s = t + 0.05 * torch.randn_like(t)  # near-equal features: where cancellation would show
+    s[0, :, 0, :] = torch.randn(64, 9)
+    t[1, :, 2, 2] = 0.0  # an all-zero teacher vector: its normalised form is 0
+    got = am.scale_distance(t, s)
+    want = reference_distance(t, s)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=2e-6)
+    assert float(got[1, 0, 2, 2]) == pytest.approx(0.5)  # 0.5 * (0 + 1)
+    assert float(got.min()) >= 0.0
+
+
+def test_scale_distance_survives_fp16_overflow() -> None:
     # 256 channels of 300: the sum of squares (2.3e7) is far beyond fp16's 65504
     x = torch.full((2, 256, 3, 3), 300.0, dtype=torch.float16)
-    assert not torch.isfinite((x * x).sum(dim=1)).all()  # the trap this function avoids
-    y = am.normalize_features(x)
-    assert y.dtype == torch.float32
-    assert torch.isfinite(y).all()
-    torch.testing.assert_close(y.norm(dim=1), torch.ones(2, 3, 3), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(y, torch.full_like(y, 1.0 / 16.0))
+    assert not torch.isfinite((x * x).sum(dim=1)).all()  # the trap the float32 cast avoids
+    y = x.clone()
+    y[:, :128] = -300.0
+    d = am.scale_distance(x, y)
+    assert d.dtype == torch.float32 and torch.isfinite(d).all()
+    torch.testing.assert_close(d, torch.ones_like(d))  # half the channels flipped: t̂·ŝ = 0
 
 
-def test_normalize_features_all_zero_vector_is_zero_not_nan() -> None:
+def test_scale_distance_all_zero_vectors_are_finite() -> None:
     for dtype in (torch.float16, torch.float32):
-        x = torch.zeros(1, 64, 2, 2, dtype=dtype)
-        x[0, :, 1, 1] = 2.0  # one non-zero position next to all-zero ones
-        y = am.normalize_features(x)
-        assert torch.isfinite(y).all()
-        assert torch.equal(y[0, :, 0, 0], torch.zeros(64))
-        assert float(y[0, :, 1, 1].norm()) == pytest.approx(1.0, abs=1e-6)
+        zero = torch.zeros(1, 64, 2, 2, dtype=dtype)
+        one = zero.clone()
+        one[0, 0] = 2.0
+        assert torch.equal(am.scale_distance(zero, zero), torch.zeros(1, 1, 2, 2))
+        torch.testing.assert_close(am.scale_distance(zero, one), torch.full((1, 1, 2, 2), 0.5))
 
 
 def test_scale_distance_range_and_extremes() -> None:
@@ -214,3 +234,57 @@ def test_anomaly_map_blur_is_applied_last() -> None:
     assert [m.shape[-1] for m in scale_maps] == [8, 4, 2]
     blurred, _ = am.anomaly_map(teacher, student, (32, 32), blur_sigma=1.0)
     torch.testing.assert_close(blurred, am.gaussian_blur(amap, 1.0))
+
+
+def pyramid(size: int, batch: int = 2, seed: int = 0) -> tuple[list, list]:
+    """Random strides-4/8/16 features with a local defect, like a trained student's maps."""
+    torch.manual_seed(seed)
+    teacher = [torch.randn(batch, c, size // r, size // r) for c, r in ((16, 4), (24, 8), (40, 16))]
+    student = [t + 0.3 * torch.randn_like(t) for t in teacher]
+    for t, s in zip(teacher, student, strict=True):
+        n = t.shape[-1]
+        s[0, :, n // 4 : n // 2, n // 2 : n // 2 + n // 8 + 1] = torch.randn(t.shape[1], 1, 1)
+    return teacher, student
+
+
+def test_feature_resolution_map_is_the_feature_grid_map_upsampled() -> None:
+    teacher, student = pyramid(64)
+    grid_map, _ = am.anomaly_map(teacher, student, (64, 64), 4.0, resolution="feature")
+    assert grid_map.shape == (2, 1, 16, 16)
+    # sigma 4 input pixels = 1 feature pixel at stride 4
+    expected = am.gaussian_blur(
+        am.combine_scales([am.scale_distance(t, s) for t, s in zip(teacher, student)], (16, 16)),
+        1.0,
+    )
+    torch.testing.assert_close(grid_map, expected)
+    full, score, _ = am.score_map(teacher, student, (64, 64), 4.0, "topk", 0.01, "feature")
+    assert full.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(full, am.upsample(grid_map, (64, 64)))
+    torch.testing.assert_close(score, am.image_score(grid_map, "topk", 0.01))
+
+
+@pytest.mark.parametrize("reduction", ["max", "topk"])
+def test_feature_resolution_agrees_with_input_resolution(reduction: str) -> None:
+    """The fast path is a different discretisation of the same map: same defect, same ranking."""
+    teacher, student = pyramid(256, batch=6, seed=1)
+    for i in range(1, 6):  # defect-free images with rising noise: scores must keep their order
+        for t, s in zip(teacher, student, strict=True):
+            s[i] = t[i] + 0.1 * i * torch.randn_like(t[i])
+    fast, fast_score, _ = am.score_map(
+        teacher, student, (256, 256), 4.0, reduction, 0.01, "feature"
+    )
+    slow, slow_score, _ = am.score_map(teacher, student, (256, 256), 4.0, reduction, 0.01, "input")
+    assert fast.shape == slow.shape == (6, 1, 256, 256)
+    # measured here: 5.8 % of the map's peak at most, 2.3 % on average; top-k scores within 2 %,
+    # the max (one pixel, the most discretisation-sensitive) within 16 %
+    assert float((fast - slow).abs().amax() / slow.amax()) < 0.08
+    assert float((fast - slow).abs().mean() / slow.mean()) < 0.04
+    rtol = 0.05 if reduction == "topk" else 0.2
+    torch.testing.assert_close(fast_score, slow_score, rtol=rtol, atol=0.0)
+    assert torch.equal(fast_score.argsort(), slow_score.argsort())
+
+
+def test_unknown_map_resolution_is_refused() -> None:
+    teacher, student = pyramid(64)
+    with pytest.raises(ValueError, match="map resolution"):
+        am.anomaly_map(teacher, student, (64, 64), 0.0, resolution="half")

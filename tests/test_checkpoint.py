@@ -149,3 +149,23 @@ def test_older_checkpoint_with_layers_key_still_loads(
     torch.save(payload, old)
     loaded = load_model_from_checkpoint(old)
     assert loaded.config.to_dict() == model.config.to_dict()
+
+
+def test_checkpoint_without_map_resolution_keeps_the_input_resolution(
+    saved: tuple[STPM, Path], tmp_path: Path
+) -> None:
+    # saved before the setting existed: its thresholds were calibrated on input-resolution maps,
+    # so it must not silently switch to the newer "feature" default
+    model, path = saved
+    assert model.config.map_resolution == "feature"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    del payload["config"]["map_resolution"]
+    old = tmp_path / "old.ckpt"
+    torch.save(payload, old)
+    loaded = load_model_from_checkpoint(old)
+    assert loaded.config.map_resolution == "input"
+    x = torch.randn(2, 3, 32, 32)
+    _, score = loaded.score_map(x)
+    loaded.config.map_resolution = "feature"
+    _, feature_score = loaded.score_map(x)
+    assert not torch.equal(score, feature_score)  # the setting does change the scores

@@ -124,6 +124,7 @@ def test_map_setting_overrides_recalibrate(
         "blur_sigma": 0.0,
         "score_reduction": "max",
         "topk_fraction": 0.01,
+        "map_resolution": "feature",
     }
     assert overridden["image_threshold"] != default["image_threshold"]
     assert overridden["image_auroc"] is not None

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--topk-fraction", type=float, help="share of pixels for topk (default: the checkpoint's)"
     )
+    m.add_argument(
+        "--map-resolution",
+        choices=["feature", "input"],
+        help="grid the map is scored on (default: the checkpoint's)",
+    )
     add_logging_args(p)
     return p
 
@@ -82,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         blur_sigma=args.blur_sigma,
         score_reduction=args.score_reduction,
         topk_fraction=args.topk_fraction,
+        map_resolution=args.map_resolution,
         skip_bad=args.skip_bad,
         save_calibrated=args.save_calibrated,
     )

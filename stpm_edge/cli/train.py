@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"share of pixels averaged by --score-reduction topk (default: {d.topk_fraction})",
     )
+    m.add_argument(
+        "--map-resolution",
+        choices=["feature", "input"],
+        help="grid the scales are combined, blurred and scored on: 'feature' (stride 4, "
+        "upsampled once for the output map) or 'input' (the paper's) "
+        f"(default: {d.map_resolution})",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, help=f"(default: {d.epochs})")
     o.add_argument("--batch-size", type=int, help=f"(default: {d.batch_size})")

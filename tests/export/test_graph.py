@@ -299,10 +299,14 @@ def test_per_scale_maps(build, trained_model, real_frames_bgr) -> None:
         declared = [d.dim_value for d in graph.graph.output[3 + i].type.tensor_type.shape.dim[1:]]
         assert declared == [1, side, side]
         assert out[f"scale_map_{i}"].min() >= 0 and out[f"scale_map_{i}"].max() <= 2 + 1e-6
-    # the anomaly map is the blurred product of the upsampled scale maps
+    # the anomaly map is the blurred product of the scale maps on the stride-4 grid (the default
+    # map resolution), upsampled once; sigma is in input pixels, so 1/4 of it on that grid
+    assert trained_model.config.map_resolution == "feature"
     scale_maps = [torch.from_numpy(out[f"scale_map_{i}"]) for i in range(3)]
-    rebuilt = am.gaussian_blur(
-        am.combine_scales(scale_maps, (SIZE, SIZE)), trained_model.config.blur_sigma
+    grid = (SIZE // 4, SIZE // 4)
+    sigma = trained_model.config.blur_sigma / 4
+    rebuilt = am.upsample(
+        am.gaussian_blur(am.combine_scales(scale_maps, grid), sigma), (SIZE, SIZE)
     )
     np.testing.assert_allclose(rebuilt.numpy(), out["anomaly_map"], rtol=1e-4, atol=1e-6)
 
