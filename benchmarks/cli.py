@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import sys
 import time
@@ -26,6 +27,7 @@ from stpm_edge.benchmarks.runner import (
     load_images,
     run_job,
     run_job_isolated,
+    runner_args,
 )
 from stpm_edge.cli.args import (
     add_backend_args,
@@ -45,6 +47,7 @@ logger = logging.getLogger("stpm_edge.benchmarks")
 BACKEND_CHOICES = (
     "auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino", "openvino-bf16",
 )  # fmt: skip
+PEER_LABEL = re.compile(r"[A-Za-z0-9_.-]+")  # --peer LABEL: safe in labels and file names
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -133,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(uint8 x int8 -> int32, ONNX Runtime MatMulInteger: VNNI/dot-product) GOP/s",
     )
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul")
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=None,
+        metavar="LABEL=FILE",
+        help="also time a foreign graph (a peer's .onnx, or an OpenVINO .xml on the openvino "
+        "backends) with the same batch/threads/warm-up policy, fed random input of its one "
+        "input's shape and dtype; reported as peer:LABEL, timing only (no parity, no "
+        "--recommend); repeatable",
+    )
     p.add_argument(
         "--recommend",
         action="store_true",
@@ -225,6 +238,43 @@ def _flops_of(model: str) -> dict[str, Any] | None:
             "uncounted_nodes": len(count.uncounted_nodes)}  # fmt: skip
 
 
+def _peers(specs: list[str] | None) -> list[tuple[str, str]]:
+    """``--peer LABEL=FILE`` values as ``(label, file)``: labels unique, files existing."""
+    peers: list[tuple[str, str]] = []
+    for spec in specs or []:
+        label, sep, path = spec.partition("=")
+        if not sep or not PEER_LABEL.fullmatch(label) or not path:
+            raise ConfigError(
+                note(f"--peer {spec!r} is invalid", "expected LABEL=FILE, LABEL of [A-Za-z0-9_.-]")
+            )
+        if label in {known for known, _ in peers}:
+            raise ConfigError(note(f"--peer label {label!r} is given twice", "use one per file"))
+        if not Path(path).is_file():
+            raise ConfigError(note(f"--peer {label}: {path} not found", "pass an .onnx or .xml"))
+        if Path(path).suffix.lower() not in (".onnx", ".xml"):
+            raise ConfigError(
+                note(f"--peer {label}: cannot time {path}", "expected .onnx or .xml (OpenVINO IR)")
+            )
+        peers.append((label, path))
+    return peers
+
+
+def _peer_backends(label: str, path: str, backends: list[str]) -> list[str]:
+    """The requested backends that can run a peer file: an IR runs on OpenVINO only."""
+    if Path(path).suffix.lower() != ".xml":
+        return backends
+    usable = [b for b in backends if runner_args(b)[0] in ("openvino", "auto")]
+    if not usable:
+        raise ConfigError(
+            note(
+                f"--peer {label}: {path} is an OpenVINO IR; --backend {','.join(backends)} "
+                "cannot run it",
+                "add openvino (or openvino-bf16) to --backend, or pass the peer's .onnx",
+            )
+        )
+    return usable
+
+
 def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
     backends = _backends(args.backend)
     batches = _int_list("--batch", args.batch)
@@ -246,6 +296,11 @@ def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
                     )
                     if args.e2e:
                         jobs.append(Job(model, backend, batch, t, "e2e", **common))
+    for label, path in _peers(args.peer):  # timing only: no profile, no e2e (no stpm metadata)
+        for backend in _peer_backends(label, path, backends):
+            for batch in batches:
+                for t in threads:
+                    jobs.append(Job(path, backend, batch, t, "model", peer=label, **common))
     if args.torch_baseline:
         if not Path(args.torch_baseline).is_file():
             raise ConfigError(
@@ -269,10 +324,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
     if args.profile:
         (out / "profiles").mkdir(exist_ok=True)
     roof = _roofline(args, env, sorted({j.threads for j in jobs}, key=lambda t: t or 0))
-    model_flops = {m: _flops_of(m) for m in args.models}
+    model_flops = {
+        m: _flops_of(m) for m in dict.fromkeys(j.model for j in jobs if j.mode == "model")
+    }
     records, skipped = [], []
     for i, job in enumerate(jobs, 1):
-        tag = f"{Path(job.model).name} {job.backend} b{job.batch} t{job.threads or 'default'} {job.mode}"
+        shown = f"peer:{job.peer}" if job.peer else Path(job.model).name
+        tag = f"{shown} {job.backend} b{job.batch} t{job.threads or 'default'} {job.mode}"
         print(f"[{i}/{len(jobs)}] {tag}", file=sys.stderr)
         try:
             record = run_job_isolated(job) if args.isolate else run_job(job)

@@ -66,8 +66,9 @@ def _key(rec: dict[str, Any]) -> tuple[str, str, int | None]:
 
 
 def candidates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``model``-mode records at the smallest batch measured, fastest first."""
-    model_recs = [r for r in records if r.get("mode") == "model"]
+    """Our ``model``-mode records at the smallest batch measured, fastest first (never a
+    ``--peer`` graph: foreign files are timed, not deployed)."""
+    model_recs = [r for r in records if r.get("mode") == "model" and not r.get("peer")]
     if not model_recs:
         return []
     smallest = min(r["batch"] for r in model_recs)

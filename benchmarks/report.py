@@ -73,10 +73,14 @@ def add_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     vs torch: the ``torch`` record with the same batch and input size (and threads, when one
     exists): a checkpoint trained at another size than the ONNX is not compared.
     vs fp32: the fp32 record of another model with the same mode, runner, batch and threads.
+    A ``--peer`` record gets neither; it gets ``own_best`` instead (:func:`own_best`).
     """
     torch_recs = [r for r in records if r["mode"] == "torch"]
     for rec in records:
         rec["speedup_vs_torch"] = rec["speedup_vs_fp32"] = None
+        if rec.get("peer"):
+            rec["own_best"] = own_best(rec, records)
+            continue
         if rec["mode"] == "torch":
             continue
         size = rec.get("input_size")
@@ -98,6 +102,22 @@ def add_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ]
             rec["speedup_vs_fp32"] = _speedup(fp32[0] if fp32 else None, rec)
     return records
+
+
+def own_best(peer: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Our fastest ``model`` record on the peer's device, batch and threads, and its speed-up
+    over the peer (peer mean / ours, >1 = ours faster); None when we measured none there."""
+    ours = [
+        r
+        for r in records
+        if not r.get("peer") and r["mode"] == "model"
+        and _match(peer, r, ("device", "batch", "threads"))
+    ]  # fmt: skip
+    if not ours:
+        return None
+    best = min(ours, key=lambda r: r["latency_ms"]["mean"])
+    return {"label": label(best), "latency_ms_mean": best["latency_ms"]["mean"],
+            "speedup": _speedup(peer, best)}  # fmt: skip
 
 
 def build_report(
@@ -173,9 +193,11 @@ def _x(value: float | None) -> str:
 def label(rec: dict[str, Any]) -> str:
     """Short human label of a configuration, used in tables and plot legends."""
     threads = "default" if rec.get("threads") is None else rec["threads"]
+    # a peer's file carries no stpm.precision: its label names the peer, not a "?"
+    precision = "" if rec.get("peer") else f"{rec.get('precision') or '?'} "
     return (
         f"{rec.get('model_name', Path(rec['model']).stem)} {rec.get('backend') or rec['runner']} "
-        f"{rec.get('precision') or '?'} b{rec['batch']} t{threads} {rec['mode']}"
+        f"{precision}b{rec['batch']} t{threads} {rec['mode']}"
     )
 
 
@@ -255,6 +277,30 @@ def _record_row(rec: dict[str, Any]) -> list[str]:
     ]
 
 
+def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
+    """The "Peers" section: foreign graphs timed like ours, and our fastest against each."""
+    if not peers:
+        return []
+    lines = [
+        "## Peers (foreign graphs: timing only)",
+        "",
+        "Timed in this process with the same batch, threads and warm-up/stop policy, on random "
+        "input of the graph's own shape and dtype. No parity, accuracy or verdict claim, and "
+        "never recommended. `ours` = our fastest `model` record on the same device, batch and "
+        "threads; `ours vs peer` = peer mean / ours (>1 = ours faster).",
+        "",
+        *_table([_record_row(r) for r in peers], _HEADER),
+        "",
+    ]
+    rows = []
+    for rec in peers:
+        best = rec.get("own_best") or {}
+        rows.append([label(rec), _fmt(rec["latency_ms"]["mean"]), best.get("label", "-"),
+                     _fmt(best.get("latency_ms_mean")), _x(best.get("speedup"))])  # fmt: skip
+    header = ["peer", "peer mean", "ours", "ours mean", "ours vs peer"]
+    return lines + _table(rows, header) + [""]
+
+
 def _profile_lines(rec: dict[str, Any]) -> list[str]:
     lines = [f"### {label(rec)}", ""]
     stages = rec.get("profile_stages")
@@ -306,9 +352,10 @@ def render_markdown(report: dict[str, Any], plots: Iterable[str] = ()) -> str:
     titles = {"model": "Inference (runner.infer)", "e2e": "End to end (decode + detector)",
               "torch": "PyTorch eager baseline"}  # fmt: skip
     for mode, title in titles.items():
-        recs = [r for r in report["records"] if r["mode"] == mode]
+        recs = [r for r in report["records"] if r["mode"] == mode and not r.get("peer")]
         if recs:
             lines += [f"## {title}", "", *_table([_record_row(r) for r in recs], _HEADER), ""]
+    lines += _peer_lines([r for r in report["records"] if r.get("peer")])
     profiled = [r for r in report["records"] if r.get("profile_top") or r.get("profile_top_nodes")]
     if profiled:
         lines += ["## Profiles", ""]

@@ -230,6 +230,37 @@ def make_feeds(
     return feeds
 
 
+def peer_feeds(
+    spec: dict[str, tuple[np.dtype, tuple]], batch: int, seed: int, label: str
+) -> dict[str, np.ndarray]:
+    """Random input for a foreign graph (``--peer``) of its one input's declared shape and dtype.
+
+    A dynamic first axis is the batch; floats are uniform in [0, 1) (an image scaled to [0, 1],
+    what anomalib's graphs take), integers uniform in [0, 255]. Values do not change the timing
+    of these graphs; only the shape and dtype matter.
+
+    Raises:
+        ConfigError: not exactly one input, or a dynamic axis besides the batch.
+    """
+    if len(spec) != 1:
+        raise ConfigError(
+            note(
+                f"--peer {label}: the graph has {len(spec)} inputs {list(spec)}",
+                "stpm-bench feeds a peer exactly one input (the image batch)",
+            )
+        )
+    ((name, (dtype, shape)),) = spec.items()
+    try:
+        dims = _concrete_shape(tuple(shape), batch, None, name)
+    except ConfigError as exc:
+        raise ConfigError(f"--peer {label}: {exc}") from None
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return {name: rng.random(dims, dtype=np.float32).astype(dtype)}
+    return {name: rng.integers(0, 256, dims).astype(dtype)}
+
+
 # -- jobs -----------------------------------------------------------------------------------------
 @dataclass
 class Job:
@@ -247,6 +278,7 @@ class Job:
     profile_iters: int = 20
     profile_top: int = 10
     seed: int = 0
+    peer: str | None = None  # label of a foreign graph (--peer): random input, timing only
 
 
 def _device_of(runner_name: str) -> str:
@@ -257,7 +289,8 @@ def _device_of(runner_name: str) -> str:
 def _base_record(job: Job, meta: dict[str, str], runner_name: str) -> dict[str, Any]:
     return {
         "model": job.model,
-        "model_name": Path(job.model).stem,
+        "model_name": f"peer:{job.peer}" if job.peer else Path(job.model).stem,
+        "peer": job.peer,
         "backend": job.backend,
         "runner": runner_name,
         "device": _device_of(runner_name),
@@ -353,7 +386,10 @@ def bench_model(job: Job) -> dict[str, Any]:
     with _create_runner(job.model, job.backend, job.threads) as runner:
         load_ms = (time.perf_counter() - t0) * 1000.0
         meta = runner.metadata()
-        feeds = make_feeds(runner.input_spec(), job.batch, meta, job.images, job.seed)
+        if job.peer:
+            feeds = peer_feeds(runner.input_spec(), job.batch, job.seed, job.peer)
+        else:
+            feeds = make_feeds(runner.input_spec(), job.batch, meta, job.images, job.seed)
         samples = time_loop(lambda: runner.infer(feeds), job.policy)
         record = _base_record(job, meta, runner.name)
         if getattr(runner, "precision", None) == "bf16":  # the runner computes in bf16
