@@ -18,8 +18,10 @@ pre-processor (resize + ImageNet normalisation) and post-processor in the graph,
 
 The teacher is NOT pretrained (random weights): anomalib's torch model asks timm for ImageNet
 weights, which this machine cannot download, so the script builds the teacher with
-``pre_trained=False``. Latency does not depend on weight values; the graph is the same. Scores
-of these files mean nothing: they exist to be timed.
+``pre_trained=False``. The model is not trained either: the post-processor gets finite
+placeholder statistics (:func:`fitted_post_processor`) where training would leave fitted ones.
+Latency does not depend on these values; the graph is the same. Scores of these files mean
+nothing: they exist to be timed.
 
 Create the venv (outside the repository; torch/torchvision from this machine's disk)::
 
@@ -72,7 +74,21 @@ def build_model() -> Any:
         model = Stfpm(backbone=BACKBONE, layers=list(LAYERS))
     finally:
         torch_model.TimmFeatureExtractor = hub_extractor
+    fitted_post_processor(model.post_processor)
     return model.eval()
+
+
+def fitted_post_processor(post: Any) -> None:
+    """Finite statistics in anomalib's post-processor, as validation leaves them after training.
+
+    A model never validated holds NaN min/max/thresholds; exported, they become NaN clamp bounds
+    that OpenVINO's low-precision transformations reject when compiling the INT8 IR
+    ("Attribute 'min' must be less or equal than 'max'. Got: -nan and -nan"). A trained model's
+    graph has the same operators with finite constants: these placeholder values give that graph.
+    """
+    for name, value in {"image_min": 0.0, "image_max": 1.0, "pixel_min": 0.0, "pixel_max": 1.0,
+                        "_image_threshold": 0.5, "_pixel_threshold": 0.5}.items():  # fmt: skip
+        getattr(post, name).fill_(value)
 
 
 def synthetic_images(folder: Path, count: int = 64, seed: int = 0) -> Path:
@@ -166,6 +182,7 @@ def manifest(out: Path, files: dict[str, Path], argv: list[str]) -> dict[str, An
         "layers": list(LAYERS),
         "input_size": list(SIZE),
         "teacher_weights": "random (pre_trained=False): timing only, scores are meaningless",
+        "post_processor": "untrained: placeholder min 0, max 1, thresholds 0.5 (image, pixel)",
         "versions": versions(),
         "files": {
             kind: {"path": str(path), "inputs": input_facts(path)} for kind, path in files.items()
