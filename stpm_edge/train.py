@@ -1,12 +1,26 @@
-"""The training loop: SGD on the student, validation loss for checkpoint selection, resume.
+"""The training loop: SGD on the student, a validation criterion for checkpoint selection, resume.
 
 Determinism: the student is initialised from ``seed`` and every epoch shuffles with its own
 generator seeded from ``(seed, epoch)``, so a run resumed from ``last.ckpt`` draws exactly the
 batches the uninterrupted run would have drawn and ends with the same weights.
+
+The recipe knobs (issue 10), each recorded in ``train_config`` and ``train_summary.json``:
+
+- length: ``epochs`` whole passes, or ``steps`` SGD steps (then ``ceil(steps / steps_per_epoch)``
+  epochs, the last one possibly partial: the first batches of that epoch's shuffle). Every step's
+  learning rate is a function of the global step only (``lr_schedule``: constant or cosine to 0),
+  so resuming at an epoch boundary stays exact.
+- ``loss_scale``: ``paper`` (``0.5 * ||t̂ - ŝ||²``) or ``official`` (the STFPM code's, twice that).
+  The logged train and validation losses are in the paper's scale whatever the setting.
+- ``val_criterion``: ``loss`` (validation loss) or ``map_mean`` (the official code's: mean of the
+  anomaly map over the validation images); lower is better for both.
+- ``augment``: ``none``, ``texture`` or ``object`` (``stpm_edge.data.augment``). With augmentation
+  the teacher sees a new image every step, so its features are not cached.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -22,11 +36,16 @@ from torch.utils.data import DataLoader
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.checkpoint import load_checkpoint, save_checkpoint
+from stpm_edge.data.augment import AUGMENTATIONS, make_augment
 from stpm_edge.errors import ConfigError, note
 from stpm_edge.model import STPM, ModelConfig
 from stpm_edge.outputs import prepare_output_dir
 
 logger = logging.getLogger(__name__)
+
+LR_SCHEDULES = ("constant", "cosine")
+LOSS_SCALES = {"paper": 1.0, "official": 2.0}  # factor on the paper's loss
+VAL_CRITERIA = ("loss", "map_mean")
 
 
 @dataclass
@@ -40,8 +59,13 @@ class TrainConfig:
     image_size: int = 256
     teacher_weights: str = "pretrained"
     epochs: int = 100
+    steps: int | None = None  # SGD steps; when set, the run's length (``epochs`` is derived)
     batch_size: int = 32
     lr: float = 0.4
+    lr_schedule: str = "constant"
+    loss_scale: str = "paper"
+    val_criterion: str = "loss"
+    augment: str = "none"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
@@ -59,6 +83,25 @@ class TrainConfig:
     force: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for flag, value, choices in (
+            ("--lr-schedule", self.lr_schedule, LR_SCHEDULES),
+            ("--loss-scale", self.loss_scale, tuple(LOSS_SCALES)),
+            ("--val-criterion", self.val_criterion, VAL_CRITERIA),
+            ("--augment", self.augment, AUGMENTATIONS),
+        ):
+            if value not in choices:
+                raise ConfigError(
+                    note(f"{flag} {value!r} is unknown", f"use one of: {', '.join(choices)}")
+                )
+        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
+            raise ConfigError(
+                note(
+                    f"--steps {self.steps} is not a number of SGD steps",
+                    "give --steps N with N >= 1, or --epochs N instead",
+                )
+            )
+
     def model_config(self) -> ModelConfig:
         return ModelConfig(
             backbone=self.backbone,
@@ -72,12 +115,79 @@ class TrainConfig:
 
     @classmethod
     def from_sources(cls, yaml_path: str | None = None, **overrides: Any) -> TrainConfig:
-        """Defaults < YAML file < explicit overrides (``None`` means "not given")."""
+        """Defaults < YAML file < explicit overrides (``None`` means "not given").
+
+        ``epochs`` and ``steps`` are two ways of saying one thing: a flag for one replaces the
+        file's other, and both from the same source is a :class:`ConfigError`.
+        """
         values: dict[str, Any] = {}
         if yaml_path:
             values.update(read_yaml_config(Path(yaml_path), {f.name for f in fields(cls)}))
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for flag, other in (("epochs", "steps"), ("steps", "epochs")):
+            if flag in given and other not in given:
+                values.pop(other, None)
+        values.update(given)
+        if values.get("epochs") is not None and values.get("steps") is not None:
+            raise ConfigError(
+                note(
+                    f"both --epochs {values['epochs']} and --steps {values['steps']} given",
+                    "give one: --steps N counts SGD steps, --epochs N whole passes over the "
+                    "training images",
+                )
+            )
         return cls(**values)
+
+    def effective(self, schedule: Schedule) -> dict[str, Any]:
+        """The settings as ``config.yaml`` records them: ``--config`` of that file repeats the
+        run (with ``steps`` set, ``epochs`` is derived and left out)."""
+        values = asdict(self)
+        if self.steps is not None:
+            del values["epochs"]
+        return values
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's length in SGD steps: every epoch is a full pass except perhaps the last."""
+
+    steps_per_epoch: int
+    total_steps: int
+    batch_size: int
+    num_images: int
+    lr_schedule: str = "constant"
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, num_images: int) -> Schedule:
+        per_epoch = max(1, math.ceil(num_images / cfg.batch_size))  # drop_last=False
+        total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
+        return cls(per_epoch, total, cfg.batch_size, num_images, cfg.lr_schedule)
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def steps_in(self, epoch: int) -> int:
+        """SGD steps of 0-based ``epoch``: a full pass, or the first batches of the last epoch."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
+
+    def steps_before(self, epoch: int) -> int:
+        return sum(self.steps_in(e) for e in range(epoch))
+
+    def images_before(self, epoch: int) -> int:
+        """Training images seen (with repeats) by the end of ``epoch - 1``."""
+        return sum(
+            self.num_images
+            if self.steps_in(e) == self.steps_per_epoch
+            else self.steps_in(e) * self.batch_size
+            for e in range(epoch)
+        )
+
+    def lr_factor(self, step: int) -> float:
+        """Share of the base learning rate at 0-based global ``step``: 1, or cosine from 1 to 0."""
+        if self.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * step / self.total_steps))
+        return 1.0
 
 
 def read_yaml_config(path: Path, known: set[str]) -> dict[str, Any]:
@@ -158,6 +268,31 @@ def validation_loss(model: STPM, dataset, cfg: TrainConfig, device: torch.device
 
 
 @torch.no_grad()
+def validation_map_mean(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> float:
+    """Mean value of the model's anomaly map (``score_map``) over ``dataset``: the official
+    STFPM code's checkpoint criterion, lower is better."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in _epoch_loader(dataset, cfg, 0, shuffle=False):
+        amap, _ = model.score_map(batch["image"].to(device))
+        total += float(amap.double().mean(dim=(1, 2, 3)).sum())
+        count += len(amap)
+    return total / max(count, 1)
+
+
+def _validate(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """``val_loss`` always (the logged figure), ``val_map_mean`` when it is the criterion."""
+    result = {"val_loss": validation_loss(model, dataset, cfg, device)}
+    if cfg.val_criterion == "map_mean":
+        result["val_map_mean"] = validation_map_mean(model, dataset, cfg, device)
+    return result
+
+
+def _criterion_key(cfg: TrainConfig) -> str:
+    return "val_loss" if cfg.val_criterion == "loss" else "val_map_mean"
+
+
+@torch.no_grad()
 def scores_of(
     model: STPM, dataset, cfg: TrainConfig, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -192,44 +327,99 @@ def train(cfg: TrainConfig) -> Path:
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     train_set, val_set = _loaders(cfg, model_cfg)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    start_epoch, best_loss = 0, math.inf
+    schedule = Schedule.of(cfg, len(train_set))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.effective(schedule), sort_keys=False))
+    start_epoch, best = 0, math.inf
     if cfg.resume and (out / "last.ckpt").exists():
-        start_epoch, best_loss = _restore(out / "last.ckpt", model, optimizer)
+        start_epoch, best = _restore(out / "last.ckpt", model, optimizer, cfg)
         logger.info("resumed %s at epoch %d", out / "last.ckpt", start_epoch)
     logger.info(
-        "training %s on %d images (%d for validation), %d epochs, device %s",
+        "training %s on %d images (%d for validation), %d SGD steps = %d epochs of %d steps "
+        "(lr %s, loss %s, best by %s, augment %s), device %s",
         cfg.backbone,
         len(train_set),
         len(val_set),
-        cfg.epochs,
+        schedule.total_steps,
+        schedule.epochs,
+        schedule.steps_per_epoch,
+        cfg.lr_schedule,
+        cfg.loss_scale,
+        cfg.val_criterion,
+        cfg.augment,
         device,
     )
-    cache = TeacherFeatureCache(model, len(train_set))
-    for epoch in range(start_epoch, cfg.epochs):
+    cache = teacher_cache(cfg, model, len(train_set))
+    for epoch in range(start_epoch, schedule.epochs):
         train_loss, ips = _train_epoch(
-            model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache
+            model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache, schedule
         )
-        val_loss = validation_loss(model, val_set, cfg, device)
-        improved = val_loss < best_loss
-        best_loss = min(best_loss, val_loss)
+        val = _validate(model, val_set, cfg, device)
+        improved = val[_criterion_key(cfg)] < best
+        best = min(best, val[_criterion_key(cfg)])
         fields_ = {
             "epoch": epoch,
-            "val_loss": val_loss,
-            "best_val_loss": best_loss,
+            **val,
+            "val_criterion": cfg.val_criterion,
+            "best_val": best,
+            "steps_done": schedule.steps_before(epoch + 1),
+            "images_seen": schedule.images_before(epoch + 1),
             "train_config": asdict(cfg),
         }
         if improved:
             save_checkpoint(out / "best.ckpt", model, None, **fields_)
         save_checkpoint(out / "last.ckpt", model, None, optimizer=optimizer.state_dict(), **fields_)
-        _log_epoch(out, epoch, train_loss, val_loss, ips, improved)
-    return _calibrate_best(out, val_set, cfg, device)
+        _log_epoch(out, epoch, train_loss, val, ips, improved, schedule)
+    best_ckpt = _calibrate_best(out, val_set, cfg, device)
+    _write_summary(out, cfg, schedule, cache)
+    return best_ckpt
+
+
+def teacher_cache(cfg: TrainConfig, model: STPM, num_images: int) -> TeacherFeatureCache | None:
+    """The teacher-feature cache, or ``None`` with augmentation: an augmented image is a new image
+    every epoch, so a cached feature would belong to another picture."""
+    if cfg.augment != "none":
+        return None
+    return TeacherFeatureCache(model, num_images)
+
+
+def _write_summary(
+    out: Path, cfg: TrainConfig, schedule: Schedule, cache: TeacherFeatureCache | None
+) -> None:
+    """``train_summary.json``: the recipe as run, its length and the chosen epoch (1-based)."""
+    best = load_checkpoint(out / "best.ckpt")
+    summary = {
+        "steps_done": schedule.total_steps,
+        "epochs": schedule.epochs,
+        "steps_per_epoch": schedule.steps_per_epoch,
+        "images_seen": schedule.images_before(schedule.epochs),
+        "train_images": schedule.num_images,
+        "batch_size": schedule.batch_size,
+        "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule,
+        "loss_scale": cfg.loss_scale,
+        "val_criterion": cfg.val_criterion,
+        "augment": cfg.augment,
+        "teacher_cache": bool(cache is not None and cache.enabled),
+        "best_epoch": int(best["epoch"]) + 1,
+        "best_val": float(best.get("best_val", best.get("best_val_loss", math.nan))),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info(
+        "done: %d SGD steps, %d epochs, %d images seen; best epoch %d (%s %.4g)",
+        summary["steps_done"],
+        summary["epochs"],
+        summary["images_seen"],
+        summary["best_epoch"],
+        cfg.val_criterion,
+        summary["best_val"],
+    )
 
 
 class TeacherFeatureCache:
-    """Teacher features per training image, computed once: the teacher is frozen and training uses
-    no augmentation, so later epochs skip the teacher (``images_per_s`` in ``train_log.jsonl``
-    shows the gain). Disabled when the features would not fit ``budget_mb``."""
+    """Teacher features per training image, computed once: the teacher is frozen and, without
+    augmentation, sees the same images every epoch, so later epochs skip it (``images_per_s`` in
+    ``train_log.jsonl`` shows the gain). Disabled when the features would not fit ``budget_mb``;
+    never built with augmentation (:func:`teacher_cache`)."""
 
     def __init__(self, model: STPM, num_images: int, budget_mb: float = 2048.0) -> None:
         from stpm_edge.backbones import get_backbone_spec
@@ -254,30 +444,48 @@ class TeacherFeatureCache:
 
 
 def _train_epoch(
-    model, optimizer, scaler, dataset, cfg, epoch, device, use_amp, cache=None
+    model, optimizer, scaler, dataset, cfg, epoch, device, use_amp, cache=None, schedule=None
 ) -> tuple[float, float]:
+    """One epoch: (mean train loss in the paper's scale, images per second).
+
+    With ``schedule`` (``train``) the epoch has ``schedule.steps_in(epoch)`` steps and every
+    step's learning rate is ``cfg.lr`` times the schedule's factor at the global step; without it
+    (``stpm-tune``) the epoch is a full pass at the optimizer's own learning rate.
+    """
     from tqdm import tqdm
 
+    augment = make_augment(cfg.augment, cfg.seed, model.config.mean, model.config.std)
+    assert augment is None or cache is None, "augmented images must not use cached features"
+    scale = LOSS_SCALES[cfg.loss_scale]
     model.train()
     loader = _epoch_loader(dataset, cfg, epoch, shuffle=True)
+    steps = schedule.steps_in(epoch) if schedule is not None else len(loader)
+    first_step = schedule.steps_before(epoch) if schedule is not None else 0
+    epochs = schedule.epochs if schedule is not None else cfg.epochs
     bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        itertools.islice(loader, steps),
+        total=steps,
+        desc=f"epoch {epoch + 1}/{epochs}",
         unit="batch",
         disable=not cfg.progress,
         leave=False,
     )
     total, count, start = 0.0, 0, time.perf_counter()
-    for batch in bar:
+    for step, batch in enumerate(bar, start=first_step):
+        if schedule is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * schedule.lr_factor(step)
         x = batch["image"].to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x, batch["index"], epoch)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             teacher_feats = cache.get(model, x, batch["index"]) if cache is not None else None
-            loss = model.loss(x, teacher_feats)
+            loss = model.loss(x, teacher_feats, scale)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        total += float(loss.detach()) * len(x)
+        total += float(loss.detach()) / scale * len(x)
         count += len(x)
         ips = count / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{ips:.1f}")
@@ -285,32 +493,58 @@ def _train_epoch(
 
 
 def _log_epoch(
-    out: Path, epoch: int, train_loss: float, val_loss: float, ips: float, improved: bool
+    out: Path,
+    epoch: int,
+    train_loss: float,
+    val: dict[str, float],
+    ips: float,
+    improved: bool,
+    schedule: Schedule,
 ) -> None:
+    last_step = schedule.steps_before(epoch + 1) - 1
     record = {
         "epoch": epoch + 1,
         "train_loss": train_loss,
-        "val_loss": val_loss,
+        **val,
         "images_per_s": ips,
         "best": improved,
+        "steps": last_step + 1,
+        "images_seen": schedule.images_before(epoch + 1),
+        "lr_factor": schedule.lr_factor(last_step),  # of the epoch's last step
     }
     with open(out / "train_log.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
+    map_mean = f", val map mean {val['val_map_mean']:.4g}" if "val_map_mean" in val else ""
     logger.info(
-        "epoch %d: train loss %.4f, val loss %.4f, %.1f img/s%s",
+        "epoch %d/%d (%d steps): train loss %.4f, val loss %.4f%s, %.1f img/s%s",
         epoch + 1,
+        schedule.epochs,
+        last_step + 1,
         train_loss,
-        val_loss,
+        val["val_loss"],
+        map_mean,
         ips,
         " (best)" if improved else "",
     )
 
 
-def _restore(path: Path, model: STPM, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+def _restore(
+    path: Path, model: STPM, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> tuple[int, float]:
+    """Load ``last.ckpt``: (next epoch, best criterion value so far)."""
     payload = load_checkpoint(path)
+    recorded = payload.get("val_criterion", "loss")  # checkpoints before the option: loss
+    if recorded != cfg.val_criterion:
+        raise ConfigError(
+            note(
+                f"{path} was trained with --val-criterion {recorded}, not {cfg.val_criterion}",
+                f"resume with --val-criterion {recorded}, or start a new run with --force",
+            )
+        )
     model.student.load_state_dict(payload["student"])
     optimizer.load_state_dict(payload["optimizer"])
-    return int(payload["epoch"]) + 1, float(payload["best_val_loss"])
+    best = payload.get("best_val", payload.get("best_val_loss"))
+    return int(payload["epoch"]) + 1, float(best)
 
 
 def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) -> Path:

@@ -10,8 +10,9 @@ from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Train the STPM student against a frozen pretrained teacher on good images only.
 
-Writes RUN_DIR/best.ckpt (lowest validation loss, calibrated), RUN_DIR/last.ckpt (for --resume),
-RUN_DIR/config.yaml (the effective settings) and RUN_DIR/train_log.jsonl.
+Writes RUN_DIR/best.ckpt (best by --val-criterion, calibrated), RUN_DIR/last.ckpt (for --resume),
+RUN_DIR/config.yaml (the effective settings), RUN_DIR/train_log.jsonl (one line per epoch) and
+RUN_DIR/train_summary.json (steps, epochs, images seen, the recipe, the chosen epoch).
 Defaults are the paper's recipe; any flag can also come from --config FILE.yaml (flags win).
 
 example:
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=True,
         help="skip unreadable images with a warning and a count, instead of stopping (default: stop)",
+    )
+    g.add_argument(
+        "--augment",
+        metavar="{none,texture,object}",
+        help="training augmentation by category kind: 'texture' (flips, 90-degree turns, "
+        "crop-resize), 'object' (brightness/contrast within 8 %%, shift of 3 px per 256); "
+        f"turns the teacher-feature cache off (default: {d.augment})",
     )
     m = p.add_argument_group("model")
     m.add_argument(
@@ -88,9 +96,35 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {d.map_resolution})",
     )
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, help=f"(default: {d.epochs})")
+    o.add_argument(
+        "--epochs", type=int, help=f"whole passes over the training images (default: {d.epochs})"
+    )
+    o.add_argument(
+        "--steps",
+        type=int,
+        help="train for N SGD steps instead of --epochs (not both): ceil(N / steps per epoch) "
+        "epochs, the last one possibly partial (default: --epochs decides)",
+    )
     o.add_argument("--batch-size", type=int, help=f"(default: {d.batch_size})")
     o.add_argument("--lr", type=float, help=f"SGD learning rate (default: {d.lr})")
+    o.add_argument(
+        "--lr-schedule",
+        metavar="{constant,cosine}",
+        help="learning rate per SGD step: 'constant' (--lr throughout) or 'cosine' (from --lr "
+        f"down to 0 over the run) (default: {d.lr_schedule})",
+    )
+    o.add_argument(
+        "--loss-scale",
+        metavar="{paper,official}",
+        help="'paper': 0.5 x squared distance of the normalised features; 'official': the STFPM "
+        f"code's, without the 0.5 (twice the gradient at the same --lr) (default: {d.loss_scale})",
+    )
+    o.add_argument(
+        "--val-criterion",
+        metavar="{loss,map_mean}",
+        help="best.ckpt = the epoch with the lowest 'loss' (validation loss) or 'map_mean' (mean "
+        f"anomaly map over the validation images, the STFPM code's) (default: {d.val_criterion})",
+    )
     o.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d.momentum})")
     o.add_argument("--weight-decay", type=float, help=f"(default: {d.weight_decay})")
     o.add_argument(
