@@ -362,3 +362,19 @@ def test_new_flags_reach_the_config(demo_data, tmp_path: Path, monkeypatch) -> N
         "map_mean",
         "object",
     )
+
+
+def test_help_names_the_defaults_and_choices(capsys) -> None:
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    d = TrainConfig()
+    for flag, choices, default in (
+        ("--lr-schedule", "{constant,cosine}", d.lr_schedule),
+        ("--loss-scale", "{paper,official}", d.loss_scale),
+        ("--val-criterion", "{loss,map_mean}", d.val_criterion),
+        ("--augment", "{none,texture,object}", d.augment),
+    ):
+        entry = text[text.index(f"{flag} {choices} ") :]
+        assert entry.split("(default: ", 1)[1].startswith(f"{default})"), flag
+    assert "--steps STEPS train for N SGD steps instead of --epochs" in text
