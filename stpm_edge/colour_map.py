@@ -1,0 +1,446 @@
+"""The colour statistics map: sees the intensity and colour anomalies that STPM is blind to.
+
+STPM L2-normalises its features along channels, which discards how bright or how coloured a
+region is: a stain that only moves the colour or scales the intensity leaves the feature
+directions, and so the STPM map, almost unchanged. This map looks at the colour itself, and is
+fitted post hoc from good images (no retraining of the student, so it can be added to any
+checkpoint):
+
+1. The RGB image is average-pooled to a ``GRID x GRID`` grid of cells (stride ``image_size /
+   GRID`` input pixels, window ``WINDOW`` strides: 8 and 16 px at 256 px; reflect padding so a
+   cell's centre is where bilinear upsampling puts it): one colour vector per cell.
+2. Each cell is divided by the image's median cell, per channel. A global gain or white balance
+   change (lighting, camera settings) cancels exactly; a local stain does not.
+3. Mahalanobis-squared distance of each cell to the good images' statistics -> (B, 1, GRID, GRID):
+   ``texture`` mode: one mean and 3x3 covariance for all cells (position-independent);
+   ``aligned`` mode: a mean and 3x3 covariance per cell (parts in a fixed pose), shrunk
+   towards the average covariance. Both ridge-regularised; the inverse is stored.
+4. Fusion: ``stpm_map / stpm_scale + upsample(colour_map) / colour_scale``, where each scale is
+   the ``SCALE_QUANTILE`` quantile of that map's pixels on the good validation images, so a
+   normal pixel is about <= 1 in both; the fused map is scored as before.
+
+All maths is float32 (the exported graph's FP16/INT8 backbones never touch it) and uses only
+TensorRT-parsable ops (Conv for the pooling, TopK + Slice for the median, Div, Mul, ReduceSum, Resize). The one
+implementation serves PyTorch evaluation (``STPM.score_map``) and export (``FusedSTPM``); the
+fitted constants become named initializers (``colour_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stpm_edge import anomaly_map as am
+from stpm_edge.errors import CheckpointError, ConfigError, DataError, note
+
+logger = logging.getLogger(__name__)
+
+MODES = ("texture", "aligned")
+PAYLOAD_KEY = "colour_map"  # the checkpoint entry; absent = no colour map (older checkpoints)
+GRID = 32  # cells per side, at any image size (window and stride scale with the image)
+# Window in strides: 2 (16 px at 256 px). Colour map alone, image AUROC on the benchmark (seed 0,
+# texture mode): colour stains 1.000 on brick/grass/gravel/gear/washer with 2, while 4 (32 px)
+# dropped gear/washer to 0.88/0.96; 4 helped intensity stains on the photo textures a little
+# (0.51/0.58/0.66 -> 0.59/0.75/0.69) but not on parts.
+WINDOW = 2
+RIDGE = 1e-3  # added to the covariance diagonal, relative to the mean variance
+SHRINK = 0.2  # aligned mode: weight of the average covariance in each cell's covariance
+SCALE_QUANTILE = 0.99  # per-pixel quantile of the good validation maps that maps to 1
+MEAN_EPS = 1e-6  # guards the division by a black image's median cell
+
+
+@dataclass(frozen=True)
+class ColourStats:
+    """The fitted constants; stored as ``payload["colour_map"]`` in a checkpoint.
+
+    ``mean`` is (3, g, g) float32 (aligned, g = GRID) or (3, 1, 1) (texture); ``precision`` the
+    inverse covariance (3, 3, g, g) or (3, 3, 1, 1); the scales are the fusion divisors.
+    """
+
+    mode: str
+    mean: torch.Tensor
+    precision: torch.Tensor
+    stpm_scale: float = 1.0
+    colour_scale: float = 1.0
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "grid": GRID,
+            "mean": self.mean.float().clone(),
+            "precision": self.precision.float().clone(),
+            "stpm_scale": float(self.stpm_scale),
+            "colour_scale": float(self.colour_scale),
+        }
+
+    @classmethod
+    def from_payload(cls, entry: dict[str, Any], source: str = "checkpoint") -> ColourStats:
+        try:
+            stats = cls(
+                mode=str(entry["mode"]),
+                mean=torch.as_tensor(entry["mean"], dtype=torch.float32),
+                precision=torch.as_tensor(entry["precision"], dtype=torch.float32),
+                stpm_scale=float(entry["stpm_scale"]),
+                colour_scale=float(entry["colour_scale"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                note(f"{source}: malformed {PAYLOAD_KEY!r} entry ({exc!r})", _REFIT)
+            ) from exc
+        cells = 1 if stats.mode == "texture" else GRID
+        shapes_ok = tuple(stats.mean.shape) == (3, cells, cells) and tuple(
+            stats.precision.shape
+        ) == (3, 3, cells, cells)
+        if stats.mode not in MODES or not shapes_ok or int(entry.get("grid", GRID)) != GRID:
+            raise CheckpointError(
+                note(
+                    f"{source}: {PAYLOAD_KEY!r} entry of mode {stats.mode!r} with mean "
+                    f"{tuple(stats.mean.shape)} and grid {entry.get('grid')} is not readable here",
+                    _REFIT,
+                )
+            )
+        return stats
+
+
+_REFIT = "re-fit it with `python -m stpm_edge.cli.colour CKPT --mode texture --out NEW.ckpt`"
+
+
+def check_image_size(image_size: int) -> None:
+    """The grid needs a whole, even stride (so the padding centres the cells exactly)."""
+    if image_size % (2 * GRID):
+        raise ConfigError(
+            note(
+                f"the colour map needs an image size divisible by {2 * GRID}, got {image_size}",
+                "use e.g. 256, 320 or 512, or train without --colour-map",
+            )
+        )
+
+
+# --------------------------------------------------------------------------- the maths
+
+
+def pool_weight(image_size: int) -> torch.Tensor:
+    """The box filter of one cell as a depthwise convolution weight: (3, 1, k, k) float32,
+    k = ``WINDOW`` strides."""
+    check_image_size(image_size)
+    window = WINDOW * (image_size // GRID)
+    return torch.full((3, 1, window, window), 1.0 / (window * window))
+
+
+def cell_colours(rgb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """RGB image (B, 3, H, W), any positive per-channel scale -> (B, 3, g, g) float32 cells,
+    each divided by the image's median cell per channel (so the scale itself cancels)."""
+    window = int(weight.shape[-1])
+    stride = window // WINDOW
+    x = F.pad(rgb.float(), ((window - stride) // 2,) * 4, mode="reflect")
+    cells = F.conv2d(x, weight.to(x.device), stride=stride, groups=3)
+    return cells / torch.clamp(median_cell(cells), min=MEAN_EPS)
+
+
+def median_cell(cells: torch.Tensor) -> torch.Tensor:
+    """(B, 3, g, g) -> (B, 3, 1, 1): per channel the median cell (the upper one of an even count).
+
+    A median, not a mean: a large stain would move the mean and with it every other cell's
+    colour; the median ignores any stain smaller than half the frame. TopK + Slice, as TensorRT
+    parses them (K = g^2 / 2 = 512, below its TopK limit).
+    """
+    flat = cells.flatten(2)
+    k = int(flat.shape[-1]) // 2
+    return flat.topk(k, dim=2).values[:, :, k - 1 :].unsqueeze(-1)
+
+
+def mahalanobis(cells: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(B, 3, g, g) cells, mean (3, g|1, g|1), precision (3, 3, g|1, g|1) -> (B, 1, g, g).
+
+    ``d^T P d`` per cell, as broadcast multiplies and channel sums (no MatMul on 5-D tensors, so
+    every runtime takes it); ``P`` is symmetric positive definite, so the result is >= 0.
+    """
+    d = cells - mean.unsqueeze(0)
+    pd = torch.sum(precision.unsqueeze(0) * d.unsqueeze(1), dim=2)  # (B, 3, g, g): P d
+    return torch.sum(d * pd, dim=1, keepdim=True)
+
+
+class ColourMap(nn.Module):
+    """The fitted colour map as a module; its buffers become the graph's ``colour_*`` constants.
+
+    ``mean``/``std`` are the model's input normalisation, to undo it on a normalised input.
+    """
+
+    def __init__(
+        self, stats: ColourStats, image_size: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        super().__init__()
+        self.stats = stats
+        self.register_buffer("colour_pool", pool_weight(image_size))
+        self.register_buffer("colour_mean", stats.mean.float().clone())
+        self.register_buffer("colour_precision", stats.precision.float().clone())
+        self.register_buffer("colour_stpm_scale", torch.tensor(float(stats.stpm_scale)))
+        self.register_buffer("colour_map_scale", torch.tensor(float(stats.colour_scale)))
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def mode(self) -> str:
+        return self.stats.mode
+
+    def rgb_from_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input (B, 3, H, W) ``(rgb - mean) / std`` -> RGB in [0, 1], float32."""
+        return x.float() * self.input_std + self.input_mean
+
+    def cells(self, rgb: torch.Tensor) -> torch.Tensor:
+        return cell_colours(rgb, self.colour_pool)
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        """RGB (B, 3, H, W) float, any positive scale -> colour map (B, 1, g, g) float32."""
+        return mahalanobis(self.cells(rgb), self.colour_mean, self.colour_precision)
+
+    def fuse(self, stpm_map: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """Both maps on the good-image scale, summed: (B, 1, h, w) float32 on the STPM map's grid
+        (the grid it is scored on, before it is upsampled for the output)."""
+        up = am.upsample(colour, tuple(int(s) for s in stpm_map.shape[-2:]))
+        return stpm_map.float() / self.colour_stpm_scale + up / self.colour_map_scale
+
+    def from_graph_input(
+        self, image: torch.Tensor, input_format: str, color_order: str
+    ) -> torch.Tensor:
+        """The colour map of the exported graph's input -> (B, 1, g, g) float32.
+
+        uint8 (B, H, W, 3) in ``color_order``: cast and pooled as it comes (0-255; the median
+        ratio cancels the scale), the channels put in RGB order on the small grid, not the frame.
+        float32 (B, 3, H, W): the model's normalised input.
+        """
+        if input_format == "float32_nchw":
+            return self(self.rgb_from_normalised(image))
+        cells = self.cells(image.float().permute(0, 3, 1, 2))
+        if color_order == "BGR":
+            cells = cells.flip(1)
+        return mahalanobis(cells, self.colour_mean, self.colour_precision)
+
+    def of_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """The colour map of the model's normalised input (what ``STPM.score_map`` receives)."""
+        return self(self.rgb_from_normalised(x))
+
+    def fuser(self, colour: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``grid map -> fused map`` with this image batch's colour map: what
+        ``anomaly_map.score_map`` applies to the STPM map before scoring it."""
+        return lambda stpm_map: self.fuse(stpm_map, colour)
+
+
+def colour_map_from_payload(payload: dict[str, Any], config: Any, source: str) -> ColourMap | None:
+    """The checkpoint's colour map for a model of ``config``, or None when it has none."""
+    entry = payload.get(PAYLOAD_KEY)
+    if not entry:
+        return None
+    stats = ColourStats.from_payload(entry, source)
+    return ColourMap(stats, config.image_size, config.mean, config.std)
+
+
+def describe(colour: ColourMap | None) -> dict[str, Any]:
+    """What the ONNX metadata and reports say about it (``stpm.colour_map``)."""
+    if colour is None:
+        return {"mode": "off"}
+    return {
+        "mode": colour.mode,
+        "grid": GRID,
+        "stpm_scale": float(colour.stats.stpm_scale),
+        "colour_scale": float(colour.stats.colour_scale),
+        "scale_quantile": SCALE_QUANTILE,
+    }
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_statistics(cells: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Good images' cells (N, 3, g, g) -> (mean, precision) of ``mode`` (shapes: ColourStats).
+
+    Fitted in float64: the colour covariance of a texture is nearly singular along the hue
+    directions (that is exactly why a colour stain stands out), so the inverse needs the ridge
+    and the precision.
+    """
+    if mode not in MODES:
+        raise ConfigError(note(f"colour map mode {mode!r} is unknown", f"use one of {MODES}"))
+    c = cells.double()
+    if c.shape[0] < 2:
+        raise DataError(note("the colour map needs at least 2 good images", "add training images"))
+    if mode == "texture":
+        v = c.permute(0, 2, 3, 1).reshape(-1, 3)
+        mean = v.mean(0)
+        d = v - mean
+        cov = (d.T @ d / len(v)).view(3, 3, 1, 1)
+        mean = mean.view(3, 1, 1)
+    else:
+        mean = c.mean(0)
+        d = c - mean
+        cov = torch.einsum("nihw,njhw->ijhw", d, d) / len(c)
+        average = cov.mean(dim=(2, 3), keepdim=True)
+        cov = (1.0 - SHRINK) * cov + SHRINK * average
+    cells_cov = cov.permute(2, 3, 0, 1)  # (h, w, 3, 3)
+    ridge = RIDGE * torch.diagonal(cells_cov, dim1=-2, dim2=-1).mean()
+    precision = torch.linalg.inv(cells_cov + ridge * torch.eye(3, dtype=c.dtype))
+    precision = 0.5 * (precision + precision.transpose(-1, -2))  # exactly symmetric
+    return mean.float(), precision.permute(2, 3, 0, 1).contiguous().float()
+
+
+def quantile_scale(maps: np.ndarray | torch.Tensor, quantile: float = SCALE_QUANTILE) -> float:
+    """The ``quantile`` of all pixels of good images' maps: the value a normal pixel stays below."""
+    values = np.asarray(maps, dtype=np.float64).reshape(-1)
+    scale = float(np.quantile(values, quantile)) if values.size else 0.0
+    if not np.isfinite(scale) or scale <= 0:
+        raise DataError(
+            note(
+                f"cannot scale the colour map: the {quantile} quantile of the good maps is {scale}",
+                "check the validation images (all identical or black?)",
+            )
+        )
+    return scale
+
+
+def stpm_grid_map(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """The model's own STPM map on its scoring grid (the map the colour map is fused with) of the
+    normalised input ``x`` (B, 3, H, W) -> (B, 1, h, w) float32."""
+    teacher, student = model.features(x)
+    cfg = model.config
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    return am.anomaly_map(teacher, student, size, cfg.blur_sigma, cfg.map_resolution)[0]
+
+
+def _batches(images: np.ndarray, batch_size: int):
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]
+
+
+@torch.no_grad()
+def fit_colour_map(
+    model: Any,
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    mode: str,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+) -> ColourMap:
+    """Fit a colour map for ``model`` (an :class:`~stpm_edge.model.STPM`) from good images.
+
+    Statistics come from ``train_images``, the fusion scales from ``val_images`` (held out, so
+    the colour map's over-fit to its own training cells does not shrink its scale); both are uint8
+    RGB (N, S, S, 3) at the model's size. The STPM scale is measured on the model's own map on
+    its scoring grid, without any colour map, so fitting twice gives the same result.
+    """
+    from stpm_edge.runtime.image import normalize
+
+    cfg = model.config
+    check_image_size(cfg.image_size)
+    weight = pool_weight(cfg.image_size)
+
+    def rgb(batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.moveaxis(batch, -1, 1).astype(np.float32) / 255.0)
+
+    cells = torch.cat([cell_colours(rgb(b), weight) for b in _batches(train_images, batch_size)])
+    mean, precision = fit_statistics(cells, mode)
+    colour = ColourMap(ColourStats(mode, mean, precision), cfg.image_size, cfg.mean, cfg.std)
+    stpm_maps, colour_maps = [], []
+    for b in _batches(val_images, batch_size):
+        x = torch.from_numpy(normalize(b, cfg.mean, cfg.std)).to(device)
+        stpm_maps.append(stpm_grid_map(model, x).cpu().numpy())
+        colour_maps.append(colour(rgb(b)).numpy())
+    stats = ColourStats(
+        mode,
+        mean,
+        precision,
+        stpm_scale=quantile_scale(np.concatenate(stpm_maps)),
+        colour_scale=quantile_scale(np.concatenate(colour_maps)),
+    )
+    logger.info(
+        "colour map (%s) fitted on %d good images, scaled on %d: STPM scale %.4g, colour scale %.4g",
+        mode,
+        len(train_images),
+        len(val_images),
+        stats.stpm_scale,
+        stats.colour_scale,
+    )
+    return ColourMap(stats, cfg.image_size, cfg.mean, cfg.std).to(device)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def good_images(paths: Sequence[Any], image_size: int) -> np.ndarray:
+    """Image files -> uint8 RGB (N, S, S, 3), resized as training and evaluation resize them."""
+    from stpm_edge.runtime.image import read_image, resize_image
+
+    return np.stack([resize_image(read_image(p), image_size) for p in paths])
+
+
+def fit_for_checkpoint(
+    payload: dict[str, Any], model: Any, mode: str, device: str = "cpu", batch_size: int = 8
+) -> ColourMap:
+    """A colour map for a trained checkpoint: statistics from its training images (its recorded
+    data and split), scales from its validation images (``val_paths``). The student is untouched.
+    """
+    from pathlib import Path
+
+    from stpm_edge.tune import original_train
+
+    val_paths = [Path(p) for p in payload.get("val_paths") or []]
+    missing = [p for p in val_paths if not p.is_file()]
+    if not val_paths or missing:
+        raise DataError(
+            note(
+                f"the checkpoint's validation images are not here ({missing[0] if missing else 'none recorded'})",
+                "fit the colour map where the training data lives, on a checkpoint written by "
+                "stpm-train (its best.ckpt records them)",
+            )
+        )
+    size = model.config.image_size
+    train = good_images([s.path for s in original_train(payload)], size)
+    return fit_colour_map(model, train, good_images(val_paths, size), mode, device, batch_size)
+
+
+def write_with_colour_map(
+    checkpoint: Any,
+    out: Any,
+    mode: str,
+    device: str = "cpu",
+    batch_size: int = 8,
+    force: bool = False,
+) -> dict[str, Any]:
+    """``stpm-colour``: a new checkpoint with the colour map of ``mode`` ("off" removes it) and
+    thresholds re-calibrated on the resulting map (by the checkpoint's calibration source)."""
+    from pathlib import Path
+
+    from stpm_edge.calibration import recalibrate
+    from stpm_edge.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
+    from stpm_edge.errors import OutputExistsError
+    from stpm_edge.evaluate import torch_scorer
+
+    out = Path(out)
+    if out.resolve() == Path(checkpoint).resolve() or (out.exists() and not force):
+        raise OutputExistsError(
+            note(f"--out {out} exists", "choose a new file (--force replaces it, never the input)")
+        )
+    payload = load_checkpoint(checkpoint)
+    model = model_from_payload(payload, str(checkpoint)).to(device)
+    model.colour = (
+        None if mode == "off" else fit_for_checkpoint(payload, model, mode, device, batch_size)
+    )
+    calibration = recalibrate(
+        payload, torch_scorer(model, device, batch_size), f"the colour map ({mode})"
+    )
+    extra = {
+        k: v
+        for k, v in payload.items()
+        if k
+        not in ("format", "config", "teacher", "student", "calibration", "versions", PAYLOAD_KEY)
+    }
+    if model.colour is not None:
+        extra[PAYLOAD_KEY] = model.colour.stats.to_payload()
+    save_checkpoint(out, model, calibration, **extra)
+    logger.info("wrote %s (colour map: %s)", out, mode)
+    return calibration
