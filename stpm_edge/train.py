@@ -13,7 +13,9 @@ The recipe knobs (issue 10), each recorded in ``train_config`` and ``train_summa
 - ``loss_scale``: ``paper`` (``0.5 * ||t̂ - ŝ||²``) or ``official`` (the STFPM code's, twice that).
   The logged train and validation losses are in the paper's scale whatever the setting.
 - ``val_criterion``: ``loss`` (validation loss) or ``map_mean`` (the official code's: mean of the
-  anomaly map over the validation images); lower is better for both.
+  anomaly map over the validation images); lower is better for both. Only the chosen one is
+  computed (``val_loss`` or ``val_map_mean`` in the log and checkpoints): one validation pass per
+  epoch, so recipes cost the same.
 - ``augment``: ``none``, ``texture`` or ``object`` (``stpm_edge.data.augment``). With augmentation
   the teacher sees a new image every step, so its features are not cached.
 """
@@ -281,11 +283,11 @@ def validation_map_mean(model: STPM, dataset, cfg: TrainConfig, device: torch.de
 
 
 def _validate(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    """``val_loss`` always (the logged figure), ``val_map_mean`` when it is the criterion."""
-    result = {"val_loss": validation_loss(model, dataset, cfg, device)}
+    """The criterion's value, ``{"val_loss": ...}`` or ``{"val_map_mean": ...}``: one pass over
+    the validation images per epoch whatever the criterion, so recipes cost the same."""
     if cfg.val_criterion == "map_mean":
-        result["val_map_mean"] = validation_map_mean(model, dataset, cfg, device)
-    return result
+        return {"val_map_mean": validation_map_mean(model, dataset, cfg, device)}
+    return {"val_loss": validation_loss(model, dataset, cfg, device)}
 
 
 def _criterion_key(cfg: TrainConfig) -> str:
@@ -514,15 +516,15 @@ def _log_epoch(
     }
     with open(out / "train_log.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
-    map_mean = f", val map mean {val['val_map_mean']:.4g}" if "val_map_mean" in val else ""
+    ((key, value),) = val.items()
     logger.info(
-        "epoch %d/%d (%d steps): train loss %.4f, val loss %.4f%s, %.1f img/s%s",
+        "epoch %d/%d (%d steps): train loss %.4f, %s %.4g, %.1f img/s%s",
         epoch + 1,
         schedule.epochs,
         last_step + 1,
         train_loss,
-        val["val_loss"],
-        map_mean,
+        key.replace("_", " "),
+        value,
         ips,
         " (best)" if improved else "",
     )

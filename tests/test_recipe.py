@@ -250,6 +250,8 @@ def test_recorded_map_mean_is_the_mean_of_the_models_maps(demo_data, tmp_path: P
     assert len(images) >= 2
     assert payload["val_map_mean"] == pytest.approx(float(amap.double().mean()), rel=1e-5)
     assert payload["best_val"] == payload["val_map_mean"]
+    assert "val_loss" not in payload  # one validation pass per epoch: the criterion's
+    assert set(log_records(out)[0]) >= {"val_map_mean", "train_loss", "steps", "images_seen"}
 
 
 def test_resume_refuses_another_criterion(demo_data, tmp_path: Path) -> None:
