@@ -15,9 +15,13 @@ checkpoint):
    ``texture`` mode: one mean and 3x3 covariance for all cells (position-independent);
    ``aligned`` mode: a mean and 3x3 covariance per cell (parts in a fixed pose), shrunk
    towards the average covariance. Both ridge-regularised; the inverse is stored.
-4. Fusion: ``stpm_map / stpm_scale + upsample(colour_map) / colour_scale``, where each scale is
-   the ``SCALE_QUANTILE`` quantile of that map's pixels on the good validation images, so a
-   normal pixel is about <= 1 in both; the fused map is scored as before.
+4. Fusion, on the grid the STPM map is scored on: ``stpm_map / stpm_scale +
+   upsample(relu(colour_map / colour_scale - 1))``, where each scale is the ``SCALE_QUANTILE``
+   quantile of that map's values on the good validation images. The colour map only counts where
+   it exceeds what good images show, so it adds its detections without adding its noise to the
+   scores of good images (a plain sum cost up to 0.2 image AUROC on the other defect types of a
+   busy texture; see ``fuse``). The colour side is not blurred (its cells are box averages
+   already); the fused map is scored as before.
 
 All maths is float32 (the exported graph's FP16/INT8 backbones never touch it) and uses only
 TensorRT-parsable ops (Conv for the pooling, TopK + Slice for the median, Div, Mul, ReduceSum, Resize). The one
@@ -52,7 +56,7 @@ GRID = 32  # cells per side, at any image size (window and stride scale with the
 WINDOW = 2
 RIDGE = 1e-3  # added to the covariance diagonal, relative to the mean variance
 SHRINK = 0.2  # aligned mode: weight of the average covariance in each cell's covariance
-SCALE_QUANTILE = 0.99  # per-pixel quantile of the good validation maps that maps to 1
+SCALE_QUANTILE = 0.999  # quantile of the good validation maps' values that maps to 1
 MEAN_EPS = 1e-6  # guards the division by a black image's median cell
 
 
@@ -202,10 +206,18 @@ class ColourMap(nn.Module):
         return mahalanobis(self.cells(rgb), self.colour_mean, self.colour_precision)
 
     def fuse(self, stpm_map: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        """Both maps on the good-image scale, summed: (B, 1, h, w) float32 on the STPM map's grid
-        (the grid it is scored on, before it is upsampled for the output)."""
-        up = am.upsample(colour, tuple(int(s) for s in stpm_map.shape[-2:]))
-        return stpm_map.float() / self.colour_stpm_scale + up / self.colour_map_scale
+        """The STPM map on the good-image scale plus the colour map's excess over it: (B, 1, h, w)
+        float32 on the STPM map's grid (the grid it is scored on, before the output upsampling).
+
+        Gated, not summed: on the benchmark (seed 0, image AUROC, top-1 % score) a plain sum of
+        the two scaled maps lifted colour stains to 1.000 but dropped gravel's contamination,
+        crack and scratch from 0.62/0.67/0.64 to 0.41-0.47 (the colour map's own noise decided
+        the good images' scores); gated at the 0.999 quantile they stay at 0.62/0.67/0.64 with
+        colour stains still at 1.000. A max of the two scaled maps was in between.
+        """
+        excess = torch.relu(colour / self.colour_map_scale - 1.0)
+        up = am.upsample(excess, tuple(int(s) for s in stpm_map.shape[-2:]))
+        return stpm_map.float() / self.colour_stpm_scale + up
 
     def from_graph_input(
         self, image: torch.Tensor, input_format: str, color_order: str
@@ -433,14 +445,8 @@ def write_with_colour_map(
     calibration = recalibrate(
         payload, torch_scorer(model, device, batch_size), f"the colour map ({mode})"
     )
-    extra = {
-        k: v
-        for k, v in payload.items()
-        if k
-        not in ("format", "config", "teacher", "student", "calibration", "versions", PAYLOAD_KEY)
-    }
-    if model.colour is not None:
-        extra[PAYLOAD_KEY] = model.colour.stats.to_payload()
-    save_checkpoint(out, model, calibration, **extra)
+    core = ("format", "config", "teacher", "student", "calibration", "versions")
+    extra = {k: v for k, v in payload.items() if k not in core}
+    save_checkpoint(out, model, calibration, **extra)  # with the model's colour map entry
     logger.info("wrote %s (colour map: %s)", out, mode)
     return calibration

@@ -117,7 +117,7 @@ def test_aligned_statistics_are_per_position() -> None:
     assert t_dist[3, 4] == pytest.approx(float(t_dist[10, 10]), rel=1e-6)
 
 
-def test_fusion_divides_each_map_by_its_scale_and_sums() -> None:
+def test_fusion_adds_the_colour_maps_excess_over_its_good_scale() -> None:
     colour = fitted()
     stats = colour.stats
     scaled = cm.ColourMap(
@@ -126,14 +126,16 @@ def test_fusion_divides_each_map_by_its_scale_and_sums() -> None:
         [0.5] * 3,
         [0.5] * 3,
     )
-    stpm = torch.rand(2, 1, SIZE, SIZE)
-    low = torch.rand(2, 1, cm.GRID, cm.GRID)
+    stpm = torch.rand(2, 1, 64, 64)
+    low = 8.0 * torch.rand(2, 1, cm.GRID, cm.GRID)  # half of it below the scale, half above
+    excess = torch.clamp(low / 4.0 - 1.0, min=0.0)
     up = torch.nn.functional.interpolate(
-        low, size=(SIZE, SIZE), mode="bilinear", align_corners=False
+        excess, size=(64, 64), mode="bilinear", align_corners=False
     )
-    np.testing.assert_allclose(
-        scaled.fuse(stpm, low).numpy(), (stpm / 0.5 + up / 4.0).numpy(), rtol=1e-6
-    )
+    fused = scaled.fuse(stpm, low)
+    np.testing.assert_allclose(fused.numpy(), (stpm / 0.5 + up).numpy(), rtol=1e-6)
+    # a colour map within its good scale changes nothing
+    assert torch.equal(scaled.fuse(stpm, torch.full_like(low, 3.9)), stpm / 0.5)
 
 
 def test_normalised_input_gives_the_same_map_as_rgb() -> None:
