@@ -28,6 +28,18 @@ import torch.nn.functional as F
 NORM_EPS = 1e-6  # representable in float32 with room; only guards all-zero feature vectors
 
 
+def channel_sum(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 1, h, w): the sum over channels, as a 1x1 convolution with ones.
+
+    The same sum as ``x.sum(dim=1, keepdim=True)``; exported, a Conv instead of a ReduceSum over
+    axis 1, which ONNX Runtime's CPU kernels run 2.5x faster on these maps (a strided reduction
+    versus its blocked-layout convolution) and every runtime (TensorRT, OpenVINO) supports.
+    """
+    # int(): a constant in the traced graph (an initializer), not a shape computation
+    weight = torch.ones(1, int(x.shape[1]), 1, 1, dtype=x.dtype, device=x.device)
+    return F.conv2d(x, weight)
+
+
 def scale_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """Per-position distance of one scale: (B, C, h, w) x2 -> (B, 1, h, w) float32 in [0, 2].
 
@@ -38,9 +50,7 @@ def scale_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor
     at ``NORM_EPS`` before dividing).
     """
     t, s = teacher.float(), student.float()
-    tt = torch.sum(t * t, dim=1, keepdim=True)
-    ss = torch.sum(s * s, dim=1, keepdim=True)
-    ts = torch.sum(t * s, dim=1, keepdim=True)
+    tt, ss, ts = channel_sum(t * t), channel_sum(s * s), channel_sum(t * s)
     nt = torch.clamp(torch.sqrt(tt), min=NORM_EPS)
     ns = torch.clamp(torch.sqrt(ss), min=NORM_EPS)
     d = 0.5 * (tt / (nt * nt) + ss / (ns * ns)) - ts / (nt * ns)
