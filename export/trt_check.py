@@ -79,6 +79,7 @@ OPS: dict[str, frozenset[int]] = {
     "Greater": NUMERIC,
     "Identity": ANY,
     "Less": NUMERIC,
+    "MatMul": FLOATS,  # "MatMul | Y | FP32, FP16, BF16" (the bilinear upsampling's matrices)
     "Max": NUMERIC,
     "MaxPool": FLOATS,
     "Min": NUMERIC,

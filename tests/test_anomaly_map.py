@@ -288,3 +288,31 @@ def test_unknown_map_resolution_is_refused() -> None:
     teacher, student = pyramid(64)
     with pytest.raises(ValueError, match="map resolution"):
         am.anomaly_map(teacher, student, (64, 64), 0.0, resolution="half")
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [((16, 16), (64, 64)), ((64, 64), (256, 256)), ((5, 7), (32, 20)), ((1, 1), (4, 4))],
+)
+def test_upsample_equals_torch_bilinear(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, *src)
+    want = torch.nn.functional.interpolate(x, size=dst, mode="bilinear", align_corners=False)
+    got = am.upsample(x, dst)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_upsample_exports_as_matmuls_of_constants(tmp_path) -> None:
+    """No Resize (OpenVINO's is slow) and no op computing the weights: two MatMuls of constants."""
+    onnx = pytest.importorskip("onnx")
+
+    class Up(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return am.upsample(x, (256, 256))
+
+    path = tmp_path / "up.onnx"
+    torch.onnx.export(Up(), (torch.rand(1, 1, 64, 64),), str(path), dynamo=False, opset_version=17)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("MatMul") == 2 and "Resize" not in ops
+    assert set(ops) <= {"MatMul", "Constant", "Cast"}  # Cast: the float32 guarantee
