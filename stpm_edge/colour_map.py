@@ -7,8 +7,9 @@ fitted post hoc from good images (no retraining of the student, so it can be add
 checkpoint):
 
 1. The RGB image is average-pooled to a ``GRID x GRID`` grid of cells (stride ``image_size /
-   GRID`` input pixels, window ``WINDOW`` strides: 8 and 16 px at 256 px; reflect padding so a
-   cell's centre is where bilinear upsampling puts it): one colour vector per cell.
+   GRID`` input pixels, window ``WINDOW`` strides: stride 8 px and window 16 px at 256 px;
+   reflect padding so a cell's centre is where bilinear upsampling puts it): one colour vector
+   per cell.
 2. Each cell is divided by the image's median cell, per channel. A global gain or white balance
    change (lighting, camera settings) cancels exactly; a local stain does not.
 3. Mahalanobis-squared distance of each cell to the good images' statistics -> (B, 1, GRID, GRID):
@@ -24,9 +25,9 @@ checkpoint):
    already); the fused map is scored as before.
 
 All maths is float32 (the exported graph's FP16/INT8 backbones never touch it) and uses only
-TensorRT-parsable ops (Conv for the pooling, TopK + Slice for the median, Div, Mul, ReduceSum, Resize). The one
-implementation serves PyTorch evaluation (``STPM.score_map``) and export (``FusedSTPM``); the
-fitted constants become named initializers (``colour_*``).
+TensorRT-parsable ops (Conv for the pooling, TopK + Slice for the median, Sub, Mul, ReduceSum,
+Div, Relu, Resize). The one implementation serves PyTorch evaluation (``STPM.score_map``) and
+export (``FusedSTPM``); the fitted constants become named initializers (``colour.*``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,7 +115,7 @@ class ColourStats:
         return stats
 
 
-_REFIT = "re-fit it with `python -m stpm_edge.cli.colour CKPT --mode texture --out NEW.ckpt`"
+_REFIT = "re-fit it with `stpm-colour CKPT --mode texture --out NEW.ckpt`"
 
 
 def check_image_size(image_size: int) -> None:
@@ -122,7 +124,7 @@ def check_image_size(image_size: int) -> None:
         raise ConfigError(
             note(
                 f"the colour map needs an image size divisible by {2 * GRID}, got {image_size}",
-                "use e.g. 256, 320 or 512, or train without --colour-map",
+                "use e.g. 256, 320 or 512, or leave the colour map off",
             )
         )
 
@@ -144,7 +146,7 @@ def cell_colours(rgb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     window = int(weight.shape[-1])
     stride = window // WINDOW
     x = F.pad(rgb.float(), ((window - stride) // 2,) * 4, mode="reflect")
-    cells = F.conv2d(x, weight.to(x.device), stride=stride, groups=3)
+    cells = F.conv2d(x, weight, stride=stride, groups=3)
     return cells / torch.clamp(median_cell(cells), min=MEAN_EPS)
 
 
@@ -161,18 +163,21 @@ def median_cell(cells: torch.Tensor) -> torch.Tensor:
 
 
 def mahalanobis(cells: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """(B, 3, g, g) cells, mean (3, g|1, g|1), precision (3, 3, g|1, g|1) -> (B, 1, g, g).
+    """(B, 3, g, g) cells, mean (1, 3, g|1, g|1), precision (1, 3, 3, g|1, g|1) -> (B, 1, g, g).
+
+    The constants come in the shapes they broadcast in, so that the exported graph uses them as
+    they are: named initializers (``colour.mean``, ``colour.precision``), not folded copies.
 
     ``d^T P d`` per cell, as broadcast multiplies and channel sums (no MatMul on 5-D tensors, so
     every runtime takes it); ``P`` is symmetric positive definite, so the result is >= 0.
     """
-    d = cells - mean.unsqueeze(0)
-    pd = torch.sum(precision.unsqueeze(0) * d.unsqueeze(1), dim=2)  # (B, 3, g, g): P d
+    d = cells - mean
+    pd = torch.sum(precision * d.unsqueeze(1), dim=2)  # (B, 3, g, g): P d
     return torch.sum(d * pd, dim=1, keepdim=True)
 
 
 class ColourMap(nn.Module):
-    """The fitted colour map as a module; its buffers become the graph's ``colour_*`` constants.
+    """The fitted colour map as a module; its buffers become the graph's ``colour.*`` constants.
 
     ``mean``/``std`` are the model's input normalisation, to undo it on a normalised input.
     """
@@ -182,11 +187,13 @@ class ColourMap(nn.Module):
     ) -> None:
         super().__init__()
         self.stats = stats
-        self.register_buffer("colour_pool", pool_weight(image_size))
-        self.register_buffer("colour_mean", stats.mean.float().clone())
-        self.register_buffer("colour_precision", stats.precision.float().clone())
-        self.register_buffer("colour_stpm_scale", torch.tensor(float(stats.stpm_scale)))
-        self.register_buffer("colour_map_scale", torch.tensor(float(stats.colour_scale)))
+        # in the graph: initializers colour.pool, colour.mean, colour.precision, colour.stpm_scale,
+        # colour.scale (the submodule's name is part of them)
+        self.register_buffer("pool", pool_weight(image_size))
+        self.register_buffer("mean", stats.mean.float().clone().unsqueeze(0))
+        self.register_buffer("precision", stats.precision.float().clone().unsqueeze(0))
+        self.register_buffer("stpm_scale", torch.tensor(float(stats.stpm_scale)))
+        self.register_buffer("scale", torch.tensor(float(stats.colour_scale)))
         self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -199,11 +206,11 @@ class ColourMap(nn.Module):
         return x.float() * self.input_std + self.input_mean
 
     def cells(self, rgb: torch.Tensor) -> torch.Tensor:
-        return cell_colours(rgb, self.colour_pool)
+        return cell_colours(rgb, self.pool)
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         """RGB (B, 3, H, W) float, any positive scale -> colour map (B, 1, g, g) float32."""
-        return mahalanobis(self.cells(rgb), self.colour_mean, self.colour_precision)
+        return mahalanobis(self.cells(rgb), self.mean, self.precision)
 
     def fuse(self, stpm_map: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         """The STPM map on the good-image scale plus the colour map's excess over it: (B, 1, h, w)
@@ -215,9 +222,9 @@ class ColourMap(nn.Module):
         the good images' scores); gated at the 0.999 quantile they stay at 0.62/0.67/0.64 with
         colour stains still at 1.000. A max of the two scaled maps was in between.
         """
-        excess = torch.relu(colour / self.colour_map_scale - 1.0)
+        excess = torch.relu(colour / self.scale - 1.0)
         up = am.upsample(excess, tuple(int(s) for s in stpm_map.shape[-2:]))
-        return stpm_map.float() / self.colour_stpm_scale + up
+        return stpm_map.float() / self.stpm_scale + up
 
     def from_graph_input(
         self, image: torch.Tensor, input_format: str, color_order: str
@@ -233,7 +240,7 @@ class ColourMap(nn.Module):
         cells = self.cells(image.float().permute(0, 3, 1, 2))
         if color_order == "BGR":
             cells = cells.flip(1)
-        return mahalanobis(cells, self.colour_mean, self.colour_precision)
+        return mahalanobis(cells, self.mean, self.precision)
 
     def of_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """The colour map of the model's normalised input (what ``STPM.score_map`` receives)."""
@@ -370,7 +377,7 @@ def fit_colour_map(
         colour_scale=quantile_scale(np.concatenate(colour_maps)),
     )
     logger.info(
-        "colour map (%s) fitted on %d good images, scaled on %d: STPM scale %.4g, colour scale %.4g",
+        "colour map (%s) fitted on %d good images, scaled on %d: STPM %.4g, colour %.4g",
         mode,
         len(train_images),
         len(val_images),
@@ -396,16 +403,15 @@ def fit_for_checkpoint(
     """A colour map for a trained checkpoint: statistics from its training images (its recorded
     data and split), scales from its validation images (``val_paths``). The student is untouched.
     """
-    from pathlib import Path
-
     from stpm_edge.tune import original_train
 
     val_paths = [Path(p) for p in payload.get("val_paths") or []]
     missing = [p for p in val_paths if not p.is_file()]
     if not val_paths or missing:
+        where = missing[0] if missing else "none recorded"
         raise DataError(
             note(
-                f"the checkpoint's validation images are not here ({missing[0] if missing else 'none recorded'})",
+                f"the checkpoint's validation images are not here ({where})",
                 "fit the colour map where the training data lives, on a checkpoint written by "
                 "stpm-train (its best.ckpt records them)",
             )
@@ -425,8 +431,6 @@ def write_with_colour_map(
 ) -> dict[str, Any]:
     """``stpm-colour``: a new checkpoint with the colour map of ``mode`` ("off" removes it) and
     thresholds re-calibrated on the resulting map (by the checkpoint's calibration source)."""
-    from pathlib import Path
-
     from stpm_edge.calibration import recalibrate
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
     from stpm_edge.errors import OutputExistsError

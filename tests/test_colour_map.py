@@ -94,7 +94,7 @@ def test_texture_statistics_are_the_mean_and_regularised_inverse_covariance() ->
     expected = np.einsum(
         "nihw,ij,njhw->nhw", d.numpy(), precision[:, :, 0, 0].double().numpy(), d.numpy()
     )
-    got = cm.mahalanobis(cells.float(), mean, precision)[:, 0].numpy()
+    got = cm.mahalanobis(cells.float(), mean[None], precision[None])[:, 0].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
 
 
@@ -109,11 +109,11 @@ def test_aligned_statistics_are_per_position() -> None:
     probe = torch.ones(1, 3, cm.GRID, cm.GRID)
     probe[:, :, 3, 4] = torch.tensor([1.3, 0.85, 0.85])
     probe[:, :, 10, 10] = torch.tensor([1.3, 0.85, 0.85])
-    dist = cm.mahalanobis(probe, mean, precision)[0, 0]
+    dist = cm.mahalanobis(probe, mean[None], precision[None])[0, 0]
     assert dist[3, 4] < 10 and dist[10, 10] > 100 * dist[3, 4]
     # texture statistics cannot tell the two cells apart
     t_mean, t_precision = cm.fit_statistics(cells, "texture")
-    t_dist = cm.mahalanobis(probe, t_mean, t_precision)[0, 0]
+    t_dist = cm.mahalanobis(probe, t_mean[None], t_precision[None])[0, 0]
     assert t_dist[3, 4] == pytest.approx(float(t_dist[10, 10]), rel=1e-6)
 
 
