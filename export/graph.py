@@ -40,7 +40,7 @@ import onnx
 import torch
 from torch import nn
 
-from stpm_edge import __version__
+from stpm_edge import __version__, colour_map
 from stpm_edge import anomaly_map as am
 from stpm_edge.backbones import get_backbone_spec
 from stpm_edge.errors import ConfigError, ExportError, note
@@ -214,6 +214,8 @@ class FusedSTPM(nn.Module):
             # what is left of the normalisation: x - 255 mean, in the input's channel order
             offset = -255.0 * mean
             self.register_buffer("offset", (offset.flip(0) if bgr else offset).view(1, 3, 1, 1))
+        # float32 maths on the frame itself, outside /pair/ (INT8 quantises only the backbones)
+        self.colour = None if model.colour is None else copy.deepcopy(model.colour).eval()
         pair_cls = StackedPair if options.layout == "stacked" else SeparatePair
         self.pair = pair_cls(teacher, student).eval()
         self.half_backbone = options.precision == "fp16"
@@ -238,7 +240,15 @@ class FusedSTPM(nn.Module):
         if self.half_backbone:
             x = x.half()
         teacher, student = self.pair(x)
-        amap, score, scale_maps = am.score_map(teacher, student, self.size, *self.map_settings)
+        fuse = None
+        if self.colour is not None:
+            o = self.options
+            fuse = self.colour.fuser(
+                self.colour.from_graph_input(image, o.input_format, o.color_order)
+            )
+        amap, score, scale_maps = am.score_map(
+            teacher, student, self.size, *self.map_settings, fuse
+        )
         normalized = am.normalize_score(
             score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME)
         )
@@ -322,6 +332,7 @@ def build_metadata(
         "teacher_weights": cfg.teacher_weights,
         "checkpoint_sha256": checkpoint_sha256,
         "outputs": output_names(options),
+        "colour_map": colour_map.describe(model.colour),
     }
     if int8_target is not None:  # the runtime an INT8 graph's quantisation recipe is for
         values["int8_target"] = int8_target

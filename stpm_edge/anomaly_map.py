@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -178,13 +179,18 @@ def score_map(
     reduction: str = "max",
     topk_fraction: float = 0.01,
     resolution: str = "input",
+    fuse: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Map, score and scale maps -> ((B, 1, H, W), (B,), [(B, 1, h_i, w_i)]), all float32.
 
     What the model's evaluation and the exported graph both compute: the score is taken on the
-    map's own grid, and the map is upsampled to the input size only for the output.
+    map's own grid, and the map is upsampled to the input size only for the output. ``fuse``
+    (grid map -> map on the same grid) adds another map before scoring: the colour map
+    (``stpm_edge.colour_map``).
     """
     grid_map, scale_maps = anomaly_map(teacher_feats, student_feats, size, blur_sigma, resolution)
+    if fuse is not None:
+        grid_map = fuse(grid_map)
     score = image_score(grid_map, reduction, topk_fraction)
     full = grid_map if resolution == "input" else upsample(grid_map, size)
     return full, score, scale_maps

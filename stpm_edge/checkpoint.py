@@ -61,6 +61,12 @@ def save_checkpoint(
         "versions": library_versions(),
         **fields,
     }
+    # the model's own colour map, never a stale copy among ``fields`` (e.g. a re-saved payload)
+    from stpm_edge.colour_map import PAYLOAD_KEY
+
+    payload.pop(PAYLOAD_KEY, None)
+    if model.colour is not None:
+        payload[PAYLOAD_KEY] = model.colour.stats.to_payload()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -128,6 +134,9 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> S
                 f"{source}: weights do not fit backbone {config.backbone}", str(exc).splitlines()[0]
             )
         ) from exc
+    from stpm_edge.colour_map import colour_map_from_payload
+
+    model.colour = colour_map_from_payload(payload, config, source)
     return model.eval()
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from stpm_edge import anomaly_map as am
 from stpm_edge.backbones import create_backbone, get_backbone_spec
+from stpm_edge.colour_map import ColourMap
 from stpm_edge.errors import ConfigError, note
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class STPM(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
+        # fitted post hoc from good images (stpm_edge.colour_map); None = off, as in old checkpoints
+        self.colour: ColourMap | None = None
 
     def train(self, mode: bool = True) -> STPM:
         super().train(mode)
@@ -122,6 +125,7 @@ class STPM(nn.Module):
         """(B, 3, H, W) -> (anomaly map (B, 1, H, W) float32, image score (B,) float32)."""
         teacher, student = self.features(x)
         cfg = self.config
+        fuse = None if self.colour is None else self.colour.fuser(self.colour.of_normalised(x))
         amap, score, _ = am.score_map(
             teacher,
             student,
@@ -130,5 +134,6 @@ class STPM(nn.Module):
             cfg.score_reduction,
             cfg.topk_fraction,
             cfg.map_resolution,
+            fuse,
         )
         return amap, score
