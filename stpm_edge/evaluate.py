@@ -196,6 +196,7 @@ class EvalOptions:
     map_resolution: str | None = None
     skip_bad: bool = False
     save_calibrated: Path | None = None
+    colour_map: bool = True  # False: the checkpoint's colour map switched off (ablation)
 
     def map_overrides(self) -> dict:
         values = {
@@ -225,7 +226,10 @@ def evaluate_checkpoint(
     payload = load_checkpoint(ckpt)
     model = model_from_payload(payload, str(ckpt)).to(options.device)
     calibration = payload["calibration"]
-    if options.map_overrides():
+    colour_off = not options.colour_map and model.colour is not None
+    if colour_off:
+        model.colour = None  # plain STPM; its thresholds are re-fitted below
+    if options.map_overrides() or colour_off:
         model.config = type(model.config)(**{**model.config.to_dict(), **options.map_overrides()})
         calibration = _recalibrate(model, payload, options.device, options.batch_size)
     samples = MVTecCategory(data, category, skip_bad=options.skip_bad).test()
@@ -233,6 +237,9 @@ def evaluate_checkpoint(
         samples, torch_predictor(model, options.device), model.config.image_size, options.batch_size
     )
     metrics = write_report(pred, calibration or _fallback_calibration(pred), out)
+    from stpm_edge.colour_map import describe
+
+    metrics["colour_map"] = describe(model.colour)
     metrics["map_settings"] = {
         k: getattr(model.config, k)
         for k in ("blur_sigma", "score_reduction", "topk_fraction", "map_resolution")

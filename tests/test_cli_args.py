@@ -14,6 +14,7 @@ import pytest
 
 from stpm_edge.benchmarks.cli import build_parser as bench_parser
 from stpm_edge.cli.args import BACKEND_HELP, parse_args
+from stpm_edge.cli.colour import build_parser as colour_parser
 from stpm_edge.cli.common import TRAIN_INSTALL_HINT
 from stpm_edge.cli.data import build_parser as data_parser
 from stpm_edge.cli.demo import build_parser as demo_parser
@@ -36,6 +37,7 @@ PARSERS = {
     "stpm-data": data_parser,
     "stpm-doctor": doctor_parser,
     "stpm-tune": tune_parser,
+    "stpm-colour": colour_parser,
 }
 
 

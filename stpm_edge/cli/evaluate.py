@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["feature", "input"],
         help="grid the map is scored on (default: the checkpoint's)",
     )
+    m.add_argument(
+        "--no-colour-map",
+        dest="colour_map",
+        action="store_false",
+        help="switch the checkpoint's colour map off (ablation: plain STPM, thresholds re-fitted)",
+    )
     add_logging_args(p)
     return p
 
@@ -90,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         map_resolution=args.map_resolution,
         skip_bad=args.skip_bad,
         save_calibrated=args.save_calibrated,
+        colour_map=args.colour_map,
     )
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.category, args.out, options)
     keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "accuracy_at_threshold")

@@ -1,0 +1,56 @@
+"""stpm-colour: add (or remove) the colour statistics map of a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from stpm_edge.cli.args import add_logging_args, add_output_args
+from stpm_edge.cli.common import HelpFormatter, run_cli
+
+DESCRIPTION = """Fit the colour statistics map to a trained checkpoint and write a NEW checkpoint.
+
+STPM's channel-normalised features cannot see stains that only change the colour or the
+intensity; the colour map (stpm_edge/colour_map.py) can. It is fitted post hoc — the student is
+not retrained: colour statistics of the checkpoint's training images (its recorded data and
+split), fusion scales from its validation images, then the thresholds are re-calibrated on the
+fused map. --mode texture (one set of statistics for every position: textures, parts in any
+pose) or aligned (per position: parts in a fixed pose); off writes a copy without it (ablation).
+stpm-export puts it into the one graph; stpm-eval --no-colour-map ablates it.
+
+example:
+  stpm-colour runs/brick/best.ckpt --mode texture --out runs/brick/colour.ckpt
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stpm-colour", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint written by stpm-train")
+    p.add_argument(
+        "--mode", choices=["texture", "aligned", "off"], default="texture", help="statistics kind"
+    )
+    add_output_args(p, required=True, help="the new checkpoint (a .ckpt file)")
+    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_logging_args(p)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from stpm_edge.colour_map import write_with_colour_map
+
+    write_with_colour_map(
+        args.checkpoint, args.out, args.mode, args.device, args.batch_size, bool(args.force)
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_run, build_parser, argv, needs=("torch",))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

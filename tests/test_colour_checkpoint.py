@@ -1,0 +1,100 @@
+"""The colour map and checkpoints: fitted post hoc by stpm-colour, saved, loaded, switched off,
+ablated by stpm-eval; older checkpoints (without it) load and score exactly as before."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stpm_edge import colour_map as cm
+from stpm_edge.checkpoint import load_checkpoint, load_model_from_checkpoint
+
+
+def run_colour(argv: list[str]) -> tuple[int, str]:
+    from stpm_edge.cli.colour import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        rc = main(argv)
+    return rc, stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def colour_ckpt(best_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("colour") / "colour.ckpt"
+    rc, err = run_colour([str(best_ckpt), "--mode", "texture", "--out", str(out), "-q"])
+    assert rc == 0, err
+    return out
+
+
+def scores(model, rgb: np.ndarray) -> np.ndarray:
+    from stpm_edge.runtime.image import normalize
+
+    x = torch.from_numpy(normalize(rgb, model.config.mean, model.config.std))
+    return model.score_map(x)[1].numpy()
+
+
+def test_a_checkpoint_without_it_loads_as_before(best_ckpt: Path) -> None:
+    payload = load_checkpoint(best_ckpt)
+    assert cm.PAYLOAD_KEY not in payload
+    assert load_model_from_checkpoint(best_ckpt).colour is None
+
+
+def test_stpm_colour_adds_it_and_recalibrates(best_ckpt, colour_ckpt, demo_data, read_rgb) -> None:
+    before, after = load_checkpoint(best_ckpt), load_checkpoint(colour_ckpt)
+    entry = after[cm.PAYLOAD_KEY]
+    assert entry["mode"] == "texture" and entry["mean"].shape == (3, 1, 1)
+    assert entry["stpm_scale"] > 0 and entry["colour_scale"] > 0
+    # the student is untouched, the thresholds are re-fitted to the fused map on the same images
+    assert torch.equal(
+        after["student"]["_conv_stem.weight"], before["student"]["_conv_stem.weight"]
+    )
+    assert after["val_paths"] == before["val_paths"]
+    assert after["calibration"]["source"] == "val_good"
+    assert after["calibration"]["image_threshold"] != before["calibration"]["image_threshold"]
+    model = load_model_from_checkpoint(colour_ckpt)
+    assert model.colour is not None and model.colour.mode == "texture"
+    # validation scores in good-image units: the threshold sits near 1-2 for a sum of two maps
+    assert 0.5 < after["calibration"]["image_threshold"] < 10
+
+
+def test_switching_it_off_gives_the_original_scores(
+    best_ckpt, colour_ckpt, tmp_path, read_rgb, demo_data
+):
+    off = tmp_path / "off.ckpt"
+    rc, err = run_colour([str(colour_ckpt), "--mode", "off", "--out", str(off), "-q"])
+    assert rc == 0, err
+    assert cm.PAYLOAD_KEY not in load_checkpoint(off)
+    rgb = read_rgb(demo_data.test_images()[:6])
+    original = scores(load_model_from_checkpoint(best_ckpt), rgb)
+    assert np.array_equal(scores(load_model_from_checkpoint(off), rgb), original)
+    assert not np.array_equal(scores(load_model_from_checkpoint(colour_ckpt), rgb), original)
+
+
+def test_existing_output_is_refused(colour_ckpt) -> None:
+    rc, err = run_colour([str(colour_ckpt), "--mode", "texture", "--out", str(colour_ckpt)])
+    assert rc == 2 and "exists" in err and "Note:" in err
+
+
+def test_stpm_eval_ablates_it(best_ckpt, colour_ckpt, demo_data, tmp_path) -> None:
+    """--no-colour-map on the colour checkpoint evaluates exactly the original model."""
+    from stpm_edge.evaluate import EvalOptions, evaluate_checkpoint
+
+    data, cat = str(demo_data.root), demo_data.category
+    plain = evaluate_checkpoint(best_ckpt, data, cat, tmp_path / "plain")
+    ablated = evaluate_checkpoint(
+        colour_ckpt, data, cat, tmp_path / "ablated", EvalOptions(colour_map=False)
+    )
+    fused = evaluate_checkpoint(colour_ckpt, data, cat, tmp_path / "fused")
+    for key in ("image_auroc", "pixel_auroc"):
+        assert ablated[key] == plain[key]
+    assert fused["colour_map"]["mode"] == "texture" and ablated["colour_map"] == {"mode": "off"}
+    assert json.loads((tmp_path / "fused" / "metrics.json").read_text())["colour_map"]["mode"] == (
+        "texture"
+    )
