@@ -54,9 +54,10 @@ def scale_distance(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor
     """
     t, s = teacher.float(), student.float()
     tt, ss, ts = channel_sum(t * t), channel_sum(s * s), channel_sum(t * s)
-    nt = torch.clamp(torch.sqrt(tt), min=NORM_EPS)
-    ns = torch.clamp(torch.sqrt(ss), min=NORM_EPS)
-    d = 0.5 * (tt / (nt * nt) + ss / (ns * ns)) - ts / (nt * ns)
+    # squared norms clamped at eps² = the norms clamped at eps, in 11 small-map ops instead of 14
+    nt2 = torch.clamp(tt, min=NORM_EPS * NORM_EPS)
+    ns2 = torch.clamp(ss, min=NORM_EPS * NORM_EPS)
+    d = 0.5 * (tt / nt2 + ss / ns2) - ts / torch.sqrt(nt2 * ns2)
     return torch.clamp(d, min=0.0)  # rounding can leave -1e-7 where t̂ = ŝ; products need >= 0
 
 
