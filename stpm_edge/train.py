@@ -38,6 +38,8 @@ from torch.utils.data import DataLoader
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.checkpoint import load_checkpoint, save_checkpoint
+from stpm_edge.colour_map import MODES as COLOUR_MODES
+from stpm_edge.colour_map import check_image_size, fit_for_checkpoint
 from stpm_edge.data.augment import AUGMENTATIONS, make_augment
 from stpm_edge.errors import ConfigError, note
 from stpm_edge.model import STPM, ModelConfig
@@ -79,6 +81,7 @@ class TrainConfig:
     score_reduction: str = "topk"  # mean of the top 1 % pixels: +0.09 image AUROC vs max
     topk_fraction: float = 0.01
     map_resolution: str = "feature"  # 1/16 of the map tail's work; README "Speed" has the figures
+    colour_map: str = "off"  # fitted after training on the same split (stpm_edge.colour_map)
     max_train_images: int | None = None
     skip_bad: bool = False
     resume: bool = False
@@ -91,11 +94,14 @@ class TrainConfig:
             ("--loss-scale", self.loss_scale, tuple(LOSS_SCALES)),
             ("--val-criterion", self.val_criterion, VAL_CRITERIA),
             ("--augment", self.augment, AUGMENTATIONS),
+            ("--colour-map", self.colour_map, ("off", *COLOUR_MODES)),
         ):
             if value not in choices:
                 raise ConfigError(
                     note(f"{flag} {value!r} is unknown", f"use one of: {', '.join(choices)}")
                 )
+        if self.colour_map != "off":
+            check_image_size(self.image_size)  # before training, not after
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
             raise ConfigError(
                 note(
@@ -555,7 +561,6 @@ def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) 
     best = out / "best.ckpt"
     payload = load_checkpoint(best)
     model = model_from_payload(payload, str(best)).to(device)
-    calibration = calibrate_from_good(*scores_of(model, val_set, cfg, device))
     extra = {
         k: v
         for k, v in payload.items()
@@ -563,6 +568,9 @@ def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) 
     }
     # the held-out images travel by path, so an exported FP16/INT8 graph can be re-calibrated on them
     extra["val_paths"] = [str(Path(s.path).resolve()) for s in val_set.samples]
+    if cfg.colour_map != "off":  # post hoc: the run's training split, scaled on its validation
+        model.colour = fit_for_checkpoint({**payload, **extra}, model, cfg.colour_map, device)
+    calibration = calibrate_from_good(*scores_of(model, val_set, cfg, device))
     save_checkpoint(best, model, calibration, **extra)
     logger.info(
         "calibrated on %d validation images: image threshold %.4g",

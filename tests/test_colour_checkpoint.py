@@ -98,3 +98,35 @@ def test_stpm_eval_ablates_it(best_ckpt, colour_ckpt, demo_data, tmp_path) -> No
     assert json.loads((tmp_path / "fused" / "metrics.json").read_text())["colour_map"]["mode"] == (
         "texture"
     )
+
+
+def test_stpm_train_fits_it_when_asked(demo_data, tmp_path) -> None:
+    from stpm_edge.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=str(demo_data.root),
+        category=demo_data.category,
+        out=str(tmp_path / "run"),
+        image_size=64,
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        colour_map="aligned",
+    )
+    best = train(cfg)
+    payload = load_checkpoint(best)
+    assert payload[cm.PAYLOAD_KEY]["mode"] == "aligned"
+    assert payload["train_config"]["colour_map"] == "aligned"
+    model = load_model_from_checkpoint(best)
+    assert model.colour is not None and model.colour.mean.shape == (1, 3, cm.GRID, cm.GRID)
+
+
+def test_stpm_train_refuses_a_size_the_colour_map_cannot_grid() -> None:
+    from stpm_edge.errors import ConfigError
+    from stpm_edge.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="divisible by 64"):
+        TrainConfig(data="x", image_size=96, colour_map="texture")
+    with pytest.raises(ConfigError, match="--colour-map"):
+        TrainConfig(data="x", colour_map="rgb")

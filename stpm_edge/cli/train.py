@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "upsampled once for the output map) or 'input' (the paper's) "
         f"(default: {d.map_resolution})",
     )
+    m.add_argument(
+        "--colour-map",
+        choices=["off", "texture", "aligned"],
+        help="colour statistics map for stains STPM cannot see, fitted after training on the "
+        "same images: 'texture' (one set of statistics for every position) or 'aligned' (per "
+        f"position, parts in a fixed pose); stpm-colour adds it to older runs (default: {d.colour_map})",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--epochs", type=int, help=f"whole passes over the training images (default: {d.epochs})"
