@@ -207,9 +207,14 @@ def _stage_split(
 ) -> dict[str, float]:
     """Share (0-1) per stage of :func:`graph_stages` of ``(node name, time)`` pairs."""
     stages = graph_stages(model_path)
+    return _shares((_stage_of(name, stages), duration) for name, duration in durations)
+
+
+def _shares(staged: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Share (0-1) per stage of ``(stage, time)`` pairs."""
     totals: dict[str, float] = defaultdict(float)
-    for name, duration in durations:
-        totals[_stage_of(name, stages)] += duration
+    for stage, duration in staged:
+        totals[stage] += duration
     grand = sum(totals.values()) or 1.0
     return {k: totals.get(k, 0.0) / grand for k in ("pre", "backbones", "tail", "other")}
 
@@ -248,5 +253,18 @@ def reduce_openvino_counts(
         "stages": None,
     }
     if model_path is not None:
-        result["stages"] = _stage_split(by_node.items(), model_path)
+        stages = graph_stages(model_path)
+        fused = {
+            row["name"]: _fused_stage([row["name"], *row.get("original", [])], stages)
+            for counts in runs
+            for row in counts
+        }
+        result["stages"] = _shares((fused[name], us) for name, us in by_node.items())
     return result
+
+
+def _fused_stage(names: list[str], stages: dict[str, str]) -> str:
+    """Stage of an executed node from its own and its fused layers' names: a backbone layer
+    decides (a convolution carrying fused ops is backbone work), then the tail, then the rest."""
+    found = {_stage_of(name, stages) for name in names}
+    return next((s for s in ("backbones", "tail", "pre") if s in found), "other")

@@ -275,11 +275,28 @@ class OpenVinoRunner(Runner):
         self._require_loaded("perf_counts")
         if not self.perf_count or self._request is None:
             return []
+        originals = self._original_names()
         return [
             {"name": p.node_name, "type": p.node_type, "exec_type": p.exec_type,
-             "us": p.real_time.total_seconds() * 1e6}
+             "us": p.real_time.total_seconds() * 1e6,
+             "original": originals.get(p.node_name, [])}
             for p in self._request.profiling_info
         ]  # fmt: skip
+
+    def _original_names(self) -> dict[str, list[str]]:
+        """``{executed node: the model's layers fused into it}`` (its ``originalLayersNames``).
+
+        The CPU plugin fuses the graph's ops (e.g. a dequantisation and the tail's product become
+        one ``Multiply_123`` node): the original names are what a stage split can attribute.
+        """
+        if getattr(self, "_originals", None) is None:
+            self._originals = {}
+            for op in self._latency.get_runtime_model().get_ordered_ops():
+                info = op.get_rt_info()
+                if "originalLayersNames" in info:
+                    names = info["originalLayersNames"].astype(str)
+                    self._originals[op.get_friendly_name()] = [n for n in names.split(",") if n]
+        return self._originals
 
     def _metadata(self) -> dict[str, str]:
         return dict(self._meta)

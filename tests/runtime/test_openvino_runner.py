@@ -153,6 +153,9 @@ def test_perf_counts(fake_onnx) -> None:
         runner.infer(feeds)
         rows = runner.perf_counts()
     assert rows and all(r["us"] >= 0 and r["name"] and r["type"] for r in rows)
+    # the layers of the file each executed node carries (what the stage split attributes)
+    assert all(isinstance(r["original"], list) for r in rows)
+    assert any(r["original"] for r in rows)
     with OpenVinoRunner(fake_onnx) as runner:
         runner.infer(feeds)
         assert runner.perf_counts() == []
