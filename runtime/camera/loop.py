@@ -16,14 +16,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import cv2
-import numpy as np
 
 from stpm_edge.errors import ConfigError, DataError, note
 
+from .latency import LatencyWindow
 from .observers import LoopObserver, ObserverList
 from .queue import Frame, FrameQueue, now_iso
 from .sinks import Display, JsonlLog, NgSaver
@@ -62,6 +62,11 @@ class LoopStats:
 
     ``stopped_by``: end, empty (a finite source without one readable frame), gave_up
     (reconnects exhausted), max_frames, duration, key, or the signal's name.
+
+    Memory stays bounded however long the run: ``latencies`` (the model call) and ``e2e``
+    (capture to verdict) are :class:`~.latency.LatencyWindow` recorders, so the ``*_p50_ms`` /
+    ``*_p99_ms`` figures cover the last ``LatencyWindow.size`` frames (default 4096), while
+    ``*_mean_ms`` / ``*_max_ms`` are exact over the whole run.
     """
 
     frames: int = 0
@@ -77,18 +82,18 @@ class LoopStats:
     e2e_p50_ms: float = float("nan")
     e2e_p99_ms: float = float("nan")
     stopped_by: str = ""
-    latencies: list[float] = field(default_factory=list, repr=False)
-    e2e: list[float] = field(default_factory=list, repr=False)
+    latency_mean_ms: float = float("nan")
+    latency_max_ms: float = float("nan")
+    e2e_mean_ms: float = float("nan")
+    e2e_max_ms: float = float("nan")
+    latencies: LatencyWindow = field(default_factory=LatencyWindow, repr=False, compare=False)
+    e2e: LatencyWindow = field(default_factory=LatencyWindow, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("latencies")
-        data.pop("e2e")
+        """The scalar fields, floats rounded (the recorders stay out: logs get their figures)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        del data["latencies"], data["e2e"]
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in data.items()}
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
 class InspectionLoop:
@@ -132,7 +137,7 @@ class InspectionLoop:
         self._stop = threading.Event()
         self._queue: FrameQueue | None = None
         self._thread: threading.Thread | None = None
-        self._window = (time.perf_counter(), 0, 0)  # stats line: start time, frames, latencies
+        self._window = (time.perf_counter(), 0, 0)  # stats line: start time, frames, latency count
         # sinks first: an unwritable --log/--save-ng fails here, before any thread starts
         self._owns_log = log is None
         self._log = JsonlLog(options.log) if log is None else log
@@ -303,24 +308,28 @@ class InspectionLoop:
                 self.stop("key")
 
     def maybe_log_stats(self) -> None:
-        """Log the stats line (FPS, latency, drops, NG) once every ``stats_every`` seconds."""
+        """Log the stats line (FPS, latency, drops, NG) once every ``stats_every`` seconds.
+
+        Its p50/p99 cover the frames since the previous line (at most the recorder's last
+        ``size``, which a 5 s line at 30 fps never reaches)."""
         every = self.options.stats_every
-        window_start, frames_start, index = self._window
+        window_start, frames_start, counted = self._window
         now = time.perf_counter()
         if not every or now - window_start < every:
             return
-        window = self.stats.latencies[index:]
+        latencies = self.stats.latencies
+        new = latencies.count - counted
         logger.info(
             "stats: %s%.1f FPS, latency p50 %.2f ms p99 %.2f ms, drops %d, NG %d, frames %d",
             self._tag(),
             (self.stats.frames - frames_start) / max(now - window_start, 1e-9),
-            _percentile(window, 50),
-            _percentile(window, 99),
+            latencies.percentile(50, last=new),
+            latencies.percentile(99, last=new),
             self.drops,
             self.stats.ng,
             self.stats.frames,
         )
-        self._window = (now, self.stats.frames, len(self.stats.latencies))
+        self._window = (now, self.stats.frames, latencies.count)
 
     @property
     def drops(self) -> int:
@@ -408,11 +417,11 @@ class InspectionLoop:
         s.elapsed_s = elapsed
         s.fps = s.frames / elapsed if elapsed > 0 else 0.0
         s.drops = self.drops
-        s.latency_p50_ms, s.latency_p99_ms = (
-            _percentile(s.latencies, 50),
-            _percentile(s.latencies, 99),
-        )
-        s.e2e_p50_ms, s.e2e_p99_ms = _percentile(s.e2e, 50), _percentile(s.e2e, 99)
+        # percentiles: the last ``size`` frames; mean and max: the whole run (see LoopStats)
+        s.latency_p50_ms, s.latency_p99_ms = s.latencies.percentile(50), s.latencies.percentile(99)
+        s.e2e_p50_ms, s.e2e_p99_ms = s.e2e.percentile(50), s.e2e.percentile(99)
+        s.latency_mean_ms, s.latency_max_ms = s.latencies.mean, s.latencies.max
+        s.e2e_mean_ms, s.e2e_max_ms = s.e2e.mean, s.e2e.max
         finite = {k: v for k, v in s.summary().items() if not (isinstance(v, float) and v != v)}
         self.event("stop", **finite)
         if self._owns_log:
