@@ -331,6 +331,20 @@ def stpm_grid_map(model: Any, x: torch.Tensor) -> torch.Tensor:
     return am.anomaly_map(teacher, student, size, cfg.blur_sigma, cfg.map_resolution)[0]
 
 
+@torch.no_grad()
+def stpm_scale(
+    model: Any, val_images: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 8
+) -> float:
+    """The STPM side's fusion scale: the quantile of the model's grid maps on good images."""
+    from stpm_edge.runtime.image import normalize
+
+    cfg, maps = model.config, []
+    for b in _batches(val_images, batch_size):
+        x = torch.from_numpy(normalize(b, cfg.mean, cfg.std)).to(device)
+        maps.append(stpm_grid_map(model, x).cpu().numpy())
+    return quantile_scale(np.concatenate(maps))
+
+
 def _batches(images: np.ndarray, batch_size: int):
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size]
@@ -352,8 +366,6 @@ def fit_colour_map(
     RGB (N, S, S, 3) at the model's size. The STPM scale is measured on the model's own map on
     its scoring grid, without any colour map, so fitting twice gives the same result.
     """
-    from stpm_edge.runtime.image import normalize
-
     cfg = model.config
     check_image_size(cfg.image_size)
     weight = pool_weight(cfg.image_size)
@@ -364,16 +376,12 @@ def fit_colour_map(
     cells = torch.cat([cell_colours(rgb(b), weight) for b in _batches(train_images, batch_size)])
     mean, precision = fit_statistics(cells, mode)
     colour = ColourMap(ColourStats(mode, mean, precision), cfg.image_size, cfg.mean, cfg.std)
-    stpm_maps, colour_maps = [], []
-    for b in _batches(val_images, batch_size):
-        x = torch.from_numpy(normalize(b, cfg.mean, cfg.std)).to(device)
-        stpm_maps.append(stpm_grid_map(model, x).cpu().numpy())
-        colour_maps.append(colour(rgb(b)).numpy())
+    colour_maps = [colour(rgb(b)).numpy() for b in _batches(val_images, batch_size)]
     stats = ColourStats(
         mode,
         mean,
         precision,
-        stpm_scale=quantile_scale(np.concatenate(stpm_maps)),
+        stpm_scale=stpm_scale(model, val_images, device, batch_size),
         colour_scale=quantile_scale(np.concatenate(colour_maps)),
     )
     logger.info(
@@ -397,14 +405,8 @@ def good_images(paths: Sequence[Any], image_size: int) -> np.ndarray:
     return np.stack([resize_image(read_image(p), image_size) for p in paths])
 
 
-def fit_for_checkpoint(
-    payload: dict[str, Any], model: Any, mode: str, device: str = "cpu", batch_size: int = 8
-) -> ColourMap:
-    """A colour map for a trained checkpoint: statistics from its training images (its recorded
-    data and split), scales from its validation images (``val_paths``). The student is untouched.
-    """
-    from stpm_edge.tune import original_train
-
+def validation_images(payload: dict[str, Any], image_size: int) -> np.ndarray:
+    """The checkpoint's validation images (``val_paths``) as uint8 RGB (N, S, S, 3)."""
     val_paths = [Path(p) for p in payload.get("val_paths") or []]
     missing = [p for p in val_paths if not p.is_file()]
     if not val_paths or missing:
@@ -416,9 +418,33 @@ def fit_for_checkpoint(
                 "stpm-train (its best.ckpt records them)",
             )
         )
+    return good_images(val_paths, image_size)
+
+
+def fit_for_checkpoint(
+    payload: dict[str, Any], model: Any, mode: str, device: str = "cpu", batch_size: int = 8
+) -> ColourMap:
+    """A colour map for a trained checkpoint: statistics from its training images (its recorded
+    data and split), scales from its validation images (``val_paths``). The student is untouched.
+    """
+    from stpm_edge.tune import original_train
+
     size = model.config.image_size
+    val = validation_images(payload, size)
     train = good_images([s.path for s in original_train(payload)], size)
-    return fit_colour_map(model, train, good_images(val_paths, size), mode, device, batch_size)
+    return fit_colour_map(model, train, val, mode, device, batch_size)
+
+
+def rescaled(payload: dict[str, Any], model: Any, device: str = "cpu", batch_size: int = 8):
+    """``model``'s colour map with the STPM scale re-measured for the model's current map
+    settings (``stpm-eval --blur-sigma ...`` changes the STPM map's magnitude; the colour
+    statistics do not depend on it). The validation images come from ``payload``."""
+    from dataclasses import replace
+
+    cfg = model.config
+    scale = stpm_scale(model, validation_images(payload, cfg.image_size), device, batch_size)
+    stats = replace(model.colour.stats, stpm_scale=scale)
+    return ColourMap(stats, cfg.image_size, cfg.mean, cfg.std).to(device)
 
 
 def write_with_colour_map(

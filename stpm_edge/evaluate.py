@@ -231,6 +231,10 @@ def evaluate_checkpoint(
         model.colour = None  # plain STPM; its thresholds are re-fitted below
     if options.map_overrides() or colour_off:
         model.config = type(model.config)(**{**model.config.to_dict(), **options.map_overrides()})
+        if model.colour is not None:  # other map settings: the STPM side's scale re-measured
+            from stpm_edge.colour_map import rescaled
+
+            model.colour = rescaled(payload, model, options.device, options.batch_size)
         calibration = _recalibrate(model, payload, options.device, options.batch_size)
     samples = MVTecCategory(data, category, skip_bad=options.skip_bad).test()
     pred = predict(

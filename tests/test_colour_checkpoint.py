@@ -130,3 +130,18 @@ def test_stpm_train_refuses_a_size_the_colour_map_cannot_grid() -> None:
         TrainConfig(data="x", image_size=96, colour_map="texture")
     with pytest.raises(ConfigError, match="--colour-map"):
         TrainConfig(data="x", colour_map="rgb")
+
+
+def test_other_map_settings_re_measure_the_stpm_scale(colour_ckpt, demo_data, tmp_path) -> None:
+    """stpm-eval --blur-sigma changes the STPM map's magnitude: its fusion scale follows, the
+    colour statistics stay (and unchanged settings give back the stored scale)."""
+    from stpm_edge.evaluate import EvalOptions, evaluate_checkpoint
+
+    payload = load_checkpoint(colour_ckpt)
+    stored = payload[cm.PAYLOAD_KEY]["stpm_scale"]
+    model = load_model_from_checkpoint(colour_ckpt)
+    assert cm.rescaled(payload, model).stats.stpm_scale == pytest.approx(stored, rel=1e-5)
+    data, cat = str(demo_data.root), demo_data.category
+    sharp = evaluate_checkpoint(colour_ckpt, data, cat, tmp_path, EvalOptions(blur_sigma=0.0))
+    assert sharp["colour_map"]["stpm_scale"] != pytest.approx(stored, rel=0.01)
+    assert sharp["colour_map"]["colour_scale"] == payload[cm.PAYLOAD_KEY]["colour_scale"]
