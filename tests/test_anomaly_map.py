@@ -303,6 +303,8 @@ def test_upsample_equals_torch_bilinear(src: tuple[int, int], dst: tuple[int, in
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
+# the constants are the point here (export/graph.py silences the same warnings)
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_upsample_exports_as_matmuls_of_constants(tmp_path) -> None:
     """No Resize (OpenVINO's is slow) and no op computing the weights: two MatMuls of constants."""
     onnx = pytest.importorskip("onnx")
