@@ -125,15 +125,9 @@ def _gpu_memory_mb(runner: Any) -> float | None:
 # -- inputs ---------------------------------------------------------------------------------------
 def model_metadata(path: str | Path) -> dict[str, str]:
     """The ``stpm.*`` props of an .onnx file or of an engine's sidecar, without a session."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx  # reading props needs no session; the weights are left on disk
+    from stpm_edge.runtime.metadata import read_model_metadata
 
-        model = onnx.load(str(path), load_external_data=False)
-        return {p.key: p.value for p in model.metadata_props}
-    from stpm_edge.runtime.metadata import read_engine_sidecar
-
-    return read_engine_sidecar(path)[0]
+    return read_model_metadata(path)
 
 
 def _meta_value(meta: dict[str, str], key: str, default: Any = None) -> Any:

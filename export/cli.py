@@ -500,7 +500,9 @@ def describe(result: ExportResult) -> str:
             dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
             lines.append(f"  {kind:6s} {v.name:18s} {str(dtype):8s} ({', '.join(map(str, dims))})")
-    meta = {p.key: p.value for p in model.metadata_props}
+    from stpm_edge.runtime.metadata import props
+
+    meta = props(model)
     lines.append(
         f"  layout {meta.get('stpm.layout')}, colour order {meta.get('stpm.color_order')}, "
         f"image threshold {float(meta['stpm.image_threshold']):.4g}"

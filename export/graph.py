@@ -347,7 +347,9 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
+    from stpm_edge.runtime.metadata import props
+
+    return props(model)
 
 
 def check(model: onnx.ModelProto, where: str) -> None:

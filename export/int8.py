@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from stpm_edge.errors import ConfigError, ExportError, note
+from stpm_edge.runtime.metadata import props
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def stem_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     """The stem convolutions among ``candidates``, by the backbone's registered stem name."""
     from stpm_edge.backbones import get_backbone_spec
 
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = props(model)
     stem = get_backbone_spec(meta["stpm.backbone"]).stem
     # a direct child of a network (/pair/teacher/conv1/...), not a block's own conv1
     direct = re.compile(rf"^/pair/[^/]+/{re.escape(stem)}/")

@@ -2,8 +2,9 @@
 
 The exporter writes every value the runtime needs into the ONNX ``metadata_props`` (DESIGN.md §5):
 all strings, structured values as JSON. A TensorRT engine carries the same dict in its
-``model.engine.json`` sidecar. Nothing here imports onnx, onnxruntime or torch: the runners hand
-over a plain ``dict[str, str]``.
+``model.engine.json`` sidecar. This is also the one place that reads those props: :func:`props`
+(from a loaded proto) and :func:`read_model_metadata` (from a file, the only function here that
+imports onnx). Nothing here imports onnxruntime or torch.
 """
 
 from __future__ import annotations
@@ -178,6 +179,22 @@ def sidecar_path(engine_path: str | Path) -> Path:
     """``model.engine`` -> ``model.engine.json`` (the builder writes it next to the engine)."""
     engine_path = Path(engine_path)
     return engine_path.with_name(engine_path.name + ".json")
+
+
+def props(model: Any) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX ``ModelProto`` (or anything with that field) as a dict."""
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_model_metadata(path: str | Path) -> dict[str, str]:
+    """The props of an .onnx file (its weights left on disk: no session, no external data) or of a
+    TensorRT engine's ``model.engine.json`` sidecar. Needs onnx for .onnx files."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        return props(onnx.load(str(path), load_external_data=False))
+    return read_engine_sidecar(path)[0]
 
 
 def read_engine_sidecar(engine_path: str | Path) -> tuple[dict[str, str], dict[str, Any]]:

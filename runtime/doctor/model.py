@@ -17,9 +17,9 @@ logger = logging.getLogger(__name__)
 def model_metadata(path: Path) -> dict[str, str] | None:
     """The ``stpm.*`` props of MODEL (how it was exported), None when onnx cannot read them."""
     try:
-        from stpm_edge.benchmarks.runner import model_metadata as read
+        from stpm_edge.runtime.metadata import read_model_metadata
 
-        return read(path)
+        return read_model_metadata(path)
     except Exception as exc:  # onnx missing or a broken file: the checks report the latter
         logger.debug("metadata of %s unreadable: %s", path, exc)
         return None

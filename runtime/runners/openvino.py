@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from stpm_edge.errors import BackendError, note
+from stpm_edge.runtime.metadata import props
 
 from .base import Runner, model_file
 
@@ -93,7 +94,7 @@ def read_ov_metadata(model: Any, path: Path | None = None) -> dict[str, str]:
         logger.warning("%s: no metadata in OpenVINO's rt_info and onnx is not installed", path)
         return {}
     proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
+    return props(proto)
 
 
 class OpenVinoRunner(Runner):

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from stpm_edge.errors import BackendError, note
+from stpm_edge.runtime.metadata import props
 
 from .base import Runner, model_file
 
@@ -178,7 +179,7 @@ def read_model_facts(
             for v in proto.graph.input
             if v.name not in inits
         }
-        return inputs, {p.key: p.value for p in proto.metadata_props}
+        return inputs, props(proto)
     ort = import_onnxruntime()
     session = ort.InferenceSession(model, providers=[CPU_EP])
     inputs = {
