@@ -164,3 +164,27 @@ def test_batch_range_travels_to_the_ort_tensorrt_profile(best_ckpt: Path, tmp_pa
     assert rc == 0, stderr
     meta = {p.key: p.value for p in onnx.load(out, load_external_data=False).metadata_props}
     assert batch_range_from(meta, None) == (1, 4, 16)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({}, "separate"),
+        ({"int8": True, "target": "cpu"}, "separate"),
+        ({"int8": True, "target": None}, "separate"),
+        ({"engine": True}, "stacked"),
+        ({"int8": True, "target": "openvino"}, "stacked"),
+        ({"int8": True, "target": "openvino", "layout": "separate"}, "separate"),
+        ({"layout": "stacked"}, "stacked"),
+    ],
+)
+def test_layout_auto(flags: dict, expected: str) -> None:
+    """auto: stacked where it measured faster (GPU engines, OpenVINO INT8), separate on ORT CPU."""
+    import argparse
+
+    from stpm_edge.export.cli import _layout
+
+    args = argparse.Namespace(
+        **{"layout": "auto", "engine": False, "int8": False, "target": None, **flags}
+    )
+    assert _layout(args) == expected
