@@ -44,7 +44,7 @@ export_all() {  # checkpoint prefix
 }
 export_all "$WORK/lite0" lite0
 export_all "$WORK/r18" r18
-$B/stpm-export "$WORK/r18_feature.ckpt" -o "$WORK/r18_int8_openvino.onnx" --int8 --target openvino --calib $CAL --force -q
+$B/stpm-export "$WORK/r18_feature.ckpt" -o "$WORK/r18_int8_openvino.onnx" --int8 --target openvino --layout separate --calib $CAL --force -q
 $B/stpm-export "$WORK/r18_feature.ckpt" -o "$WORK/r18_int8_openvino_stacked.onnx" --int8 --target openvino --layout stacked --calib $CAL --force -q
 
 COMMON=(--batch 1 --threads 2 --warmup 10 --seconds 6 --matmul-roofline --profile --profile-iters 20
