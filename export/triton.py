@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stpm_edge.errors import ConfigError, ExportError, OutputExistsError, note
+from stpm_edge.runtime.metadata import props
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def read_model_spec(onnx_path: str | Path, model_name: str, max_batch_size: int)
     initializers = {t.name for t in graph.initializer}
     inputs = [_tensor_spec(v, onnx_path) for v in graph.input if v.name not in initializers]
     outputs = [_tensor_spec(v, onnx_path) for v in graph.output]
-    metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("stpm.")}
+    metadata = {k: v for k, v in props(model).items() if k.startswith("stpm.")}
     if not metadata:
         logger.warning("%s has no stpm.* metadata: the config will carry no thresholds", onnx_path)
     return TritonModelSpec(

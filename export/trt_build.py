@@ -35,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from stpm_edge.errors import ExportError, OutputExistsError, note
+from stpm_edge.runtime.metadata import props
 
 logger = logging.getLogger(__name__)
 
@@ -595,7 +596,7 @@ def _refuse_overwrite(engine_path: Path, force: bool) -> None:
 def _read_onnx_facts(onnx_path: Path) -> tuple[dict[str, str], str]:
     """The graph's ``stpm.*`` metadata_props (verbatim) and the file's sha256."""
     model = read_onnx_graph(onnx_path)
-    metadata = {p.key: p.value for p in model.metadata_props if p.key.startswith("stpm.")}
+    metadata = {k: v for k, v in props(model).items() if k.startswith("stpm.")}
     if not metadata:
         logger.warning("%s has no stpm.* metadata: the runtime will lack thresholds", onnx_path)
     digest = hashlib.sha256()
