@@ -80,6 +80,18 @@ def _unavailable(backend: str, available: list[str], fix: str) -> BackendError:
     )
 
 
+def _require_own_backend(path: Path, backend: str, own: str, kind: str, onnx_use: str = "") -> None:
+    """A file only one backend reads (an engine, an IR): refuse any other explicit backend."""
+    if backend not in ("auto", own):
+        tail = f" {onnx_use}" if onnx_use else ""
+        raise BackendError(
+            note(
+                f"{path.name} is {kind}; backend {backend!r} cannot run it",
+                f"use backend {own}, or pass the model.onnx{tail}",
+            )
+        )
+
+
 def create_runner(
     path: str | os.PathLike,
     backend: str = "auto",
@@ -108,24 +120,14 @@ def create_runner(
     available = available_backends()
     suffix = path.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
-        if backend not in ("auto", "tensorrt"):
-            raise BackendError(
-                note(
-                    f"{path.name} is a TensorRT engine; backend {backend!r} cannot run it",
-                    "use backend tensorrt, or pass the model.onnx to run with ONNX Runtime",
-                )
-            )
+        _require_own_backend(
+            path, backend, "tensorrt", "a TensorRT engine", "to run with ONNX Runtime"
+        )
         if "tensorrt" not in available:
             raise _unavailable("tensorrt", available, "install TensorRT and cuda-python")
         return TrtRunner(path, **kwargs)
     if suffix in OPENVINO_SUFFIXES:
-        if backend not in ("auto", "openvino"):
-            raise BackendError(
-                note(
-                    f"{path.name} is an OpenVINO IR; backend {backend!r} cannot run it",
-                    "use backend openvino, or pass the model.onnx",
-                )
-            )
+        _require_own_backend(path, backend, "openvino", "an OpenVINO IR")
         backend = "openvino"
     elif suffix != ".onnx":
         raise BackendError(

@@ -231,6 +231,7 @@ class OpenVinoRunner(Runner):
         else:
             self._latency = self._compile("latency")
             self._request = self._latency.create_infer_request()
+        self._originals: dict[str, list[str]] | None = None  # of this compiled model, on demand
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(next(iter(feeds.values())))
@@ -290,7 +291,7 @@ class OpenVinoRunner(Runner):
         The CPU plugin fuses the graph's ops (e.g. a dequantisation and the tail's product become
         one ``Multiply_123`` node): the original names are what a stage split can attribute.
         """
-        if getattr(self, "_originals", None) is None:
+        if self._originals is None:
             self._originals = {}
             for op in self._latency.get_runtime_model().get_ordered_ops():
                 info = op.get_rt_info()
