@@ -159,3 +159,24 @@ def test_perf_counts(fake_onnx) -> None:
     with OpenVinoRunner(fake_onnx) as runner:
         runner.infer(feeds)
         assert runner.perf_counts() == []
+
+
+def test_dynamic_batch_compiled_as_single_image(fake_onnx) -> None:
+    """The compiled model has batch 1 fixed; callers still see (and may feed) a dynamic batch."""
+    for hint in ("latency", "auto"):
+        with OpenVinoRunner(fake_onnx, threads=1, hint=hint) as runner:
+            compiled = runner._latency.inputs[0].get_partial_shape()
+            assert compiled.is_static and list(compiled.to_shape()) == [1, 64, 64, 3]
+            assert runner.input_spec()["image"][1] == (-1, 64, 64, 3)
+            feeds = {"image": _frames(4, seed=7)}  # latency: four single-image requests in turn
+            got, want = runner.infer(feeds), _ort(fake_onnx, feeds)
+            np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5, atol=1e-6)
+            assert got["anomaly_map"].shape == want["anomaly_map"].shape
+
+
+def test_single_image_model_leaves_a_ready_model_alone(fake_onnx) -> None:
+    model = ov.Core().read_model(str(fake_onnx))
+    single = ov_module.single_image_model(model)
+    assert model.inputs[0].get_partial_shape()[0].is_dynamic  # not reshaped in place
+    assert list(single.inputs[0].get_partial_shape().to_shape()) == [1, 64, 64, 3]
+    assert ov_module.single_image_model(single) is None  # already static: nothing to fix
