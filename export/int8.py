@@ -82,6 +82,49 @@ def backbone_nodes(
     return inside, outside
 
 
+def _is_tail_node(node: onnx.NodeProto) -> bool:
+    """Outside the networks: not under /pair/, or the stacked pair's own split of its outputs
+    (``/pair/Slice``: a direct child of /pair/, no network scope)."""
+    if not node.name.startswith(BACKBONE_SCOPES):
+        return True
+    return node.op_type in ("Slice", "Split") and node.name.count("/") == 2
+
+
+def tail_reads_quantized(model: onnx.ModelProto) -> int:
+    """Route the float tail's reads of a quantised backbone tensor through its DequantizeLinear.
+
+    ONNX Runtime's quantiser gives every consumer of a quantised tensor the dequantised value;
+    NNCF leaves the nodes of its ignored scope (the tail) reading the float tensor beside the
+    QuantizeLinear. Routed like ORT's, the tail sees the same 8-bit features on every runtime, and
+    OpenVINO moves the dequantisation past the stacked pair's split: the split runs on uint8 and
+    the tail's float32 reorder disappears (resnet18 stacked, 2 threads: about -0.35 ms of 10.5).
+    Edits ``model`` in place; returns the number of inputs rerouted.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def dequantized(tensor: str) -> str | None:
+        for q in sorted(consumers.get(tensor, []), key=lambda n: n.name):
+            if q.op_type == "QuantizeLinear":
+                for dq in consumers.get(q.output[0], []):
+                    if dq.op_type == "DequantizeLinear":
+                        return dq.output[0]
+        return None
+
+    rerouted = 0
+    for node in model.graph.node:
+        if not _is_tail_node(node) or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, tensor in enumerate(node.input):
+            source = dequantized(tensor)
+            if source is not None:
+                node.input[k] = source
+                rerouted += 1
+    return rerouted
+
+
 def stem_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     """The stem convolutions among ``candidates``, by the backbone's registered stem name."""
     from stpm_edge.backbones import get_backbone_spec

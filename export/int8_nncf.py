@@ -10,7 +10,8 @@ the same backbone quantised by it runs slower on OpenVINO.
 As in :mod:`stpm_edge.export.int8`, only the backbones are quantised: every node outside
 ``/pair/`` (pre-processing and the distance tail: normalisation, distances, upsampling, product,
 blur, score) is in NNCF's ignored scope and stays float32, because the small feature distances are
-exactly what 8 bits cannot hold.
+exactly what 8 bits cannot hold. The tail reads the backbones' features through their
+DequantizeLinear nodes, as in ONNX Runtime's QDQ graphs (``int8.tail_reads_quantized``).
 
 nncf is an optional dependency (the ``quantization`` extra); it is imported only when called.
 """
@@ -24,7 +25,7 @@ import numpy as np
 import onnx
 
 from stpm_edge.errors import ExportError, note
-from stpm_edge.export.int8 import BACKBONE_SCOPES
+from stpm_edge.export.int8 import BACKBONE_SCOPES, tail_reads_quantized
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +114,14 @@ def quantize_nncf(
         fast_bias_correction=fast_bias_correction,
         ignored_scope=nncf.IgnoredScope(names=ignored),
     )
+    rerouted = tail_reads_quantized(quantized)
     count = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
     logger.info(
-        "INT8 (NNCF, %s): %d QuantizeLinear nodes; %d tail nodes kept in float32",
+        "INT8 (NNCF, %s): %d QuantizeLinear nodes; %d tail nodes kept in float32, reading the "
+        "dequantised features (%d inputs)",
         preset,
         count,
         len(ignored),
+        rerouted,
     )
     return quantized

@@ -13,8 +13,12 @@ from stpm_edge.export import int8, int8_nncf
 SIZE = 16
 
 
-def tiny_fused_graph() -> onnx.ModelProto:
-    """uint8 NHWC -> /pair/ conv-relu-conv (the 'backbone') -> float tail (square, mean, max)."""
+def tiny_fused_graph(tail_reads_relu: bool = False) -> onnx.ModelProto:
+    """uint8 NHWC -> /pair/ conv-relu-conv (the 'backbone') -> float tail (square, mean, max).
+
+    ``tail_reads_relu``: the tail also squares the ReLU output, which the second conv reads
+    quantised (a feature used by both the next layer and the tail, as every STPM scale but the
+    last)."""
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w1"),
@@ -31,12 +35,23 @@ def tiny_fused_graph() -> onnx.ModelProto:
         helper.make_node("Conv", ["r1", "w2"], ["c2"], name="/pair/Conv_1", pads=[1] * 4),
         helper.make_node("Mul", ["c2", "c2"], ["sq"], name="/Mul_1"),
         helper.make_node(
-            "ReduceMean", ["sq"], ["anomaly_map"], name="/ReduceMean", axes=[1], keepdims=1
-        ),
+            "ReduceMean",
+            ["sq"],
+            ["m2" if tail_reads_relu else "anomaly_map"],
+            name="/ReduceMean",
+            axes=[1],
+            keepdims=1,
+        ),  # fmt: skip
         helper.make_node(
             "ReduceMax", ["anomaly_map"], ["score"], name="/ReduceMax", axes=[1, 2, 3], keepdims=0
         ),
     ]
+    if tail_reads_relu:
+        nodes[-1:-1] = [
+            helper.make_node("Mul", ["r1", "r1"], ["sq1"], name="/Mul_2"),
+            helper.make_node("ReduceMean", ["sq1"], ["m1"], name="/ReduceMean_1", axes=[1]),
+            helper.make_node("Add", ["m1", "m2"], ["anomaly_map"], name="/Add"),
+        ]
     graph = helper.make_graph(
         nodes,
         "tiny_fused",
@@ -86,6 +101,41 @@ def test_quantize_nncf_backbone_only() -> None:
     assert np.isfinite(got["anomaly_map"]).all()
     rel = np.abs(got["score"] - want["score"]) / np.abs(want["score"])
     assert rel.max() < 0.2  # 8-bit backbone, float tail: close, not equal
+
+
+def test_tail_reads_the_dequantised_features() -> None:
+    """NNCF leaves its ignored tail reading the float ReLU output next to the quantiser; after
+    quantize_nncf the tail reads the DequantizeLinear output, like ONNX Runtime's QDQ graphs."""
+    pytest.importorskip("nncf", reason="nncf not installed (pip install '.[quantization]')")
+    q = int8_nncf.quantize_nncf(tiny_fused_graph(tail_reads_relu=True), _frames(8), subset_size=8)
+    nodes = {n.name: n for n in q.graph.node}
+    producers = {o: n for n in q.graph.node for o in n.output}
+    square = nodes["/Mul_2"]
+    assert [producers[i].op_type for i in square.input] == ["DequantizeLinear"] * 2
+    dq = producers[square.input[0]]
+    quantiser = producers[dq.input[0]]
+    assert quantiser.op_type == "QuantizeLinear" and quantiser.input[0] == "r1"
+    # the quantised conv reads the same dequantised tensor; nothing outside /pair/ reads r1
+    assert any(n.name.startswith("/pair/") and dq.output[0] in n.input for n in q.graph.node)
+    assert not [n.name for n in q.graph.node if "r1" in n.input and n.op_type != "QuantizeLinear"]
+    onnx.checker.check_model(q)
+    assert np.isfinite(_run_ort(q, _frames(2, seed=3))["score"]).all()
+
+
+def test_tail_reads_quantized_keeps_the_stacked_split_and_backbone() -> None:
+    """The stacked pair's own /pair/Slice counts as tail; a backbone node is never rerouted."""
+    x = helper.make_node("Relu", ["a"], ["x"], name="/pair/pair/relu")
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q")
+    dq = helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq")
+    conv_float = helper.make_node("Relu", ["x"], ["y"], name="/pair/pair/layer2/relu")
+    split = helper.make_node("Slice", ["x", "b", "e"], ["t"], name="/pair/Slice")
+    tail = helper.make_node("Mul", ["x", "x"], ["m"], name="/Mul")
+    graph = helper.make_graph([x, q, dq, conv_float, split, tail], "g", [], [])
+    model = helper.make_model(graph)
+    assert int8.tail_reads_quantized(model) == 3
+    inputs = {n.name: list(n.input) for n in model.graph.node}  # make_graph copied the nodes
+    assert inputs["/pair/Slice"] == ["xd", "b", "e"] and inputs["/Mul"] == ["xd", "xd"]
+    assert inputs["/pair/pair/layer2/relu"] == ["x"] and inputs["q"][0] == "x"
 
 
 def test_quantize_nncf_errors() -> None:
