@@ -15,6 +15,11 @@ Layout of one recipe folder (a re-run skips every step whose output exists)::
     OUT/seed<N>/<category>/train/           stpm-train --seed N --out ...
     OUT/seed<N>/<category>/eval/            stpm-eval (metrics.json, per_defect_type.md, ...)
     OUT/seed<N>/<category>/timing.json      {"train_s": ..., "eval_s": ...}
+
+``colour_variant`` makes a recipe folder from another one by fitting the colour map to each of its
+trained checkpoints (``stpm-colour``, no retraining) and evaluating that: the same students with
+and without the colour map, compared by ``summarize`` like any two recipes. Its ``train_s`` is the
+source's training time plus the fit.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ Command = Callable[[list[str]], int]
 
 
 def _commands() -> dict[str, Command]:
+    from stpm_edge.cli.colour import main as colour_main
     from stpm_edge.cli.data import main as data_main
     from stpm_edge.cli.evaluate import main as eval_main
     from stpm_edge.cli.train import main as train_main
 
-    return {"data": data_main, "train": train_main, "eval": eval_main}
+    return {"data": data_main, "train": train_main, "eval": eval_main, "colour": colour_main}
 
 
 def _call(commands: dict[str, Command], name: str, argv: list[str]) -> float:
@@ -102,9 +108,8 @@ def _check_recipe(path: Path, recipe: dict) -> None:
     """Resuming a folder with other flags would mix two recipes in one summary: refuse."""
     if path.exists():
         stored = json.loads(path.read_text())
-        if {k: stored.get(k) for k in ("train_args", "bench_args")} != {
-            k: recipe[k] for k in ("train_args", "bench_args")
-        }:
+        keys = (set(stored) | set(recipe)) - {"seeds"}
+        if {k: stored.get(k) for k in keys} != {k: recipe.get(k) for k in keys}:
             raise ConfigError(
                 note(
                     f"{path.parent} holds another recipe ({stored})",
@@ -134,6 +139,40 @@ def _run_category(
     logger.info(
         "%s: trained in %.0f s, evaluated in %.0f s", folder, timing["train_s"], timing["eval_s"]
     )
+
+
+def colour_variant(
+    source: str | Path, out: str | Path, mode: str, commands: dict[str, Command] | None = None
+) -> Path:
+    """The recipe folder ``source`` with the colour map fitted (``mode``) to every trained
+    checkpoint, evaluated into ``out`` (finished categories are skipped)."""
+    source, out = Path(source), Path(out)
+    if not (source / "recipe.json").exists():
+        raise DataError(
+            note(f"{source} is not a recipe folder", "make one with `quality run --out DIR`")
+        )
+    commands = commands or _commands()
+    recipe = json.loads((source / "recipe.json").read_text())
+    _check_recipe(out / "recipe.json", {**recipe, "colour_map": mode, "derived_from": str(source)})
+    for timing_file in sorted(source.glob("seed*/*/timing.json")):
+        folder = timing_file.parent
+        seed_dir, category = folder.parent.name, folder.name
+        target = out / seed_dir / category
+        if (target / "eval" / "metrics.json").exists() and (target / "timing.json").exists():
+            continue
+        ckpt = target / "train" / "best.ckpt"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        fit = ["--mode", mode, "--out", str(ckpt), "--force"]
+        colour_s = _call(commands, "colour", [str(folder / "train" / "best.ckpt"), *fit])
+        where = ["--data", str(source / "data" / seed_dir), "--category", category]
+        eval_s = _call(
+            commands, "eval", [str(ckpt), *where, "--out", str(target / "eval"), "--force"]
+        )
+        train_s = json.loads(timing_file.read_text())["train_s"] + colour_s
+        timing = {"train_s": train_s, "colour_s": colour_s, "eval_s": eval_s}
+        (target / "timing.json").write_text(json.dumps(timing, indent=2))
+        logger.info("%s: colour map fitted in %.0f s", target, colour_s)
+    return out
 
 
 # -- summary ---------------------------------------------------------------------------------------
@@ -218,8 +257,13 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
     """Markdown report of one or more recipe folders (first = baseline); also JSON next to ``out``."""
     sections, data = [], {}
     baseline = None
-    for folder in recipe_dirs:
-        summary = summarize_recipe(collect(folder))
+    results, left_out = common_runs([collect(folder) for folder in recipe_dirs])
+    if left_out:
+        sections.append(
+            f"Compared on the (category, seed) runs every recipe has; left out: {left_out}.\n"
+        )
+    for folder, result in zip(recipe_dirs, results, strict=True):
+        summary = summarize_recipe(result)
         recipe_file = Path(folder) / "recipe.json"
         recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
         flags = " ".join(recipe.get("train_args", [])) or "(stpm-train defaults)"
@@ -235,6 +279,21 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
         out.write_text(text)
         out.with_suffix(".json").write_text(json.dumps(_no_nan(data), indent=2))
     return text
+
+
+def common_runs(
+    results: list[dict[str, dict[int, dict]]],
+) -> tuple[list[dict[str, dict[int, dict]]], list[str]]:
+    """Each recipe's results restricted to the (category, seed) runs all of them have, so that a
+    recipe still running is not compared on other categories' means; plus what was left out."""
+    runs = [{(c, s) for c, by_seed in r.items() for s in by_seed} for r in results]
+    shared = set.intersection(*runs) if runs else set()
+    left_out = sorted({f"{c} seed {s}" for r in runs for c, s in r - shared})
+    kept = [
+        {c: {s: m for s, m in by_seed.items() if (c, s) in shared} for c, by_seed in r.items()}
+        for r in results
+    ]
+    return [{c: by_seed for c, by_seed in r.items() if by_seed} for r in kept], left_out
 
 
 def _delta_line(base: dict, new: dict) -> str:

@@ -11,7 +11,14 @@ import pytest
 
 from stpm_edge.cli.quality import main
 from stpm_edge.errors import ConfigError
-from stpm_edge.quality import collect, run_recipe, summarize, summarize_recipe
+from stpm_edge.quality import (
+    collect,
+    colour_variant,
+    common_runs,
+    run_recipe,
+    summarize,
+    summarize_recipe,
+)
 
 
 def _value(argv: list[str], flag: str) -> str:
@@ -23,7 +30,7 @@ class FakeCommands(dict):
     their arguments. Metrics depend on the seed, so summaries have a spread."""
 
     def __init__(self) -> None:
-        super().__init__(data=self.data, train=self.train, eval=self.eval)
+        super().__init__(data=self.data, train=self.train, eval=self.eval, colour=self.colour)
         self.calls: list[tuple[str, list[str]]] = []
 
     def data(self, argv: list[str]) -> int:
@@ -36,6 +43,12 @@ class FakeCommands(dict):
         self.calls.append(("train", argv))
         Path(_value(argv, "--out")).mkdir(parents=True)
         (Path(_value(argv, "--out")) / "best.ckpt").write_text(_value(argv, "--seed"))
+        return 0
+
+    def colour(self, argv: list[str]) -> int:
+        """The colour checkpoint adds 100 to the seed the fake eval reads (+1.0 image AUROC)."""
+        self.calls.append(("colour", argv))
+        Path(_value(argv, "--out")).write_text(str(int(Path(argv[0]).read_text()) + 100))
         return 0
 
     def eval(self, argv: list[str]) -> int:
@@ -114,3 +127,38 @@ def test_cli_summary_and_errors(tmp_path, capsys):
     assert not math.isnan(summarize_recipe(collect(fake_root))["mean"]["image_auroc"][0])
     assert main(["summary", str(tmp_path / "missing")]) == 2
     assert "no results under" in capsys.readouterr().err
+
+
+def test_colour_variant_evaluates_each_trained_checkpoint(tmp_path):
+    fake = FakeCommands()
+    source = run_recipe(tmp_path / "base", [0, 1], ["gear"], [], [], fake)
+    fake.calls.clear()
+    out = colour_variant(source, tmp_path / "colour", "texture", fake)
+    assert [name for name, _ in fake.calls] == ["colour", "eval"] * 2
+    colour_argv = fake.calls[0][1]
+    assert colour_argv[0] == str(source / "seed0" / "gear" / "train" / "best.ckpt")
+    assert _value(colour_argv, "--mode") == "texture"
+    eval_argv = fake.calls[1][1]
+    assert _value(eval_argv, "--data") == str(source / "data" / "seed0")
+    assert eval_argv[0] == str(out / "seed0" / "gear" / "train" / "best.ckpt")
+    timing = json.loads((out / "seed1" / "gear" / "timing.json").read_text())
+    assert set(timing) == {"train_s", "colour_s", "eval_s"}
+    image = summarize_recipe(collect(out))["categories"]["gear"]["image_auroc"][0]
+    assert image == pytest.approx(1.0 + 0.8 + 0.005)  # the colour checkpoints were evaluated
+    fake.calls.clear()
+    colour_variant(source, out, "texture", fake)  # finished: nothing is redone
+    assert fake.calls == []
+    with pytest.raises(ConfigError, match="another recipe"):
+        colour_variant(source, out, "aligned", fake)
+
+
+def test_summary_compares_only_the_runs_every_recipe_has(tmp_path):
+    fake = FakeCommands()
+    done = run_recipe(tmp_path / "done", [0, 1], ["gear", "brick"], [], [], fake)
+    running = run_recipe(tmp_path / "running", [0], ["gear"], ["--epochs", "2"], [], fake)
+    kept, left_out = common_runs([collect(done), collect(running)])
+    assert left_out == ["brick seed 0", "brick seed 1", "gear seed 1"]
+    assert [{c: sorted(by_seed) for c, by_seed in r.items()} for r in kept] == [{"gear": [0]}] * 2
+    text = summarize([done, running])
+    assert "left out: ['brick seed 0', 'brick seed 1', 'gear seed 1']" in text
+    assert "image_auroc +0.000" in text  # gear seed 0 against itself, not against the mean of 4

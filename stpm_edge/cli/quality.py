@@ -2,10 +2,12 @@
 
     python -m stpm_edge.cli.quality run --out runs/quality/default --seeds 0,1,2
     python -m stpm_edge.cli.quality run --out runs/quality/e50 --seeds 0,1,2 --train-args "--epochs 50"
+    python -m stpm_edge.cli.quality colour runs/quality/default --out runs/quality/default_colour
     python -m stpm_edge.cli.quality summary runs/quality/default runs/quality/e50 --out quality.md
 
 ``run`` builds the benchmark per seed, trains and evaluates every category (skipping finished
-steps, so an interrupted run resumes); ``summary`` prints mean +- std over seeds per category,
+steps, so an interrupted run resumes); ``colour`` fits the colour map to a recipe's trained
+checkpoints and evaluates them as a new recipe folder (no retraining); ``summary`` prints mean +- std over seeds per category,
 the weakest defect types and the training minutes, and compares each recipe with the first.
 Exit codes: 0 success, 2 a user error.
 """
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-args", default="", help='extra stpm-train flags, one string: "--epochs 50"'
     )
     run.add_argument("--bench-args", default="", help='extra stpm-data bench flags: "--n-train 40"')
+    colour = sub.add_parser(
+        "colour", formatter_class=HelpFormatter, help="a recipe's checkpoints + the colour map"
+    )
+    colour.add_argument("source", type=Path, help="a recipe folder made by `run`")
+    colour.add_argument("--out", required=True, type=Path, help="the new recipe folder")
+    colour.add_argument("--mode", choices=["texture", "aligned"], default="texture")
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
     summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")
@@ -52,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stpm_edge.quality import run_recipe, summarize
+    from stpm_edge.quality import colour_variant, run_recipe, summarize
 
-    if args.command == "run":
+    if args.command == "colour":
+        colour_variant(args.source, args.out, args.mode)
+        print(summarize([args.source, args.out]), end="")
+    elif args.command == "run":
         run_recipe(
             args.out,
             args.seeds,
