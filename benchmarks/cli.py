@@ -25,6 +25,8 @@ from stpm_edge.benchmarks.runner import (
     LoopPolicy,
     add_compute_metrics,
     load_images,
+    merge_rounds,
+    round_job,
     run_job,
     run_job_isolated,
     runner_args,
@@ -151,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="name the configuration to deploy here: the fastest measured one (smallest batch) "
         "whose verdicts and maps match ONNX Runtime CPU on the same file",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the configurations in turn this many times, each round with 1/N of the "
+        "--seconds/--iters budget, and pool the samples: a drift of the machine's speed then "
+        "reaches every configuration alike (ratios between them stay trustworthy on a noisy "
+        "host); per-round p50s are kept in report.json",
     )
     p.add_argument(
         "--isolate",
@@ -312,8 +323,40 @@ def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
     return jobs
 
 
+def _tag(job: Job) -> str:
+    shown = f"peer:{job.peer}" if job.peer else Path(job.model).name
+    return f"{shown} {job.backend} b{job.batch} t{job.threads or 'default'} {job.mode}"
+
+
+def _measure(
+    jobs: list[Job], args: argparse.Namespace, skipped: list[dict[str, str]]
+) -> list[tuple[Job, dict[str, Any]]]:
+    """Every job's record; with ``--rounds N`` the jobs are timed in turn N times (each with 1/N
+    of the budget, profiled in the first round only) and each job's rounds merged."""
+    rounds = max(1, int(args.rounds))
+    parts: dict[int, list[dict[str, Any]]] = {}
+    failed: set[int] = set()
+    for r in range(rounds):
+        for i, job in enumerate(jobs):
+            if i in failed:
+                continue
+            this = round_job(job, rounds, first=r == 0)
+            print(f"[{r * len(jobs) + i + 1}/{rounds * len(jobs)}] {_tag(job)}", file=sys.stderr)
+            try:
+                record = run_job_isolated(this) if args.isolate else run_job(this)
+            except StpmEdgeError as exc:
+                logger.warning("skipped %s: %s", _tag(job), exc)
+                skipped.append({"label": _tag(job), "reason": str(exc)})
+                failed.add(i)
+                continue
+            parts.setdefault(i, []).append(record)
+    return [(jobs[i], merge_rounds(parts[i])) for i in sorted(parts) if i not in failed]
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> Path:
     """Run every configuration and write the report; returns the report folder."""
+    if args.rounds < 1:
+        raise ConfigError(note(f"--rounds must be >= 1, got {args.rounds}", "e.g. --rounds 3"))
     policy = _policy(args)
     env = environment.capture_environment()
     name = args.name or env["hostname"]
@@ -328,20 +371,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> Path:
         m: _flops_of(m) for m in dict.fromkeys(j.model for j in jobs if j.mode == "model")
     }
     records, skipped = [], []
-    for i, job in enumerate(jobs, 1):
-        shown = f"peer:{job.peer}" if job.peer else Path(job.model).name
-        tag = f"{shown} {job.backend} b{job.batch} t{job.threads or 'default'} {job.mode}"
-        print(f"[{i}/{len(jobs)}] {tag}", file=sys.stderr)
-        try:
-            record = run_job_isolated(job) if args.isolate else run_job(job)
-        except StpmEdgeError as exc:
-            logger.warning("skipped %s: %s", tag, exc)
-            skipped.append({"label": tag, "reason": str(exc)})
-            continue
+    for job, record in _measure(jobs, args, skipped):
         gflop = (model_flops.get(job.model) or {}).get("gflop_per_image")
         records.append(add_compute_metrics(record, gflop, roof))
         lat = record["latency_ms"]
-        print(f"    p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  "
+        print(f"    {_tag(job)}: p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  "
               f"{record['throughput_ips']:.1f} img/s", file=sys.stderr)  # fmt: skip
     if not records:
         raise ConfigError(

@@ -542,6 +542,43 @@ def run_job(job: Job) -> dict[str, Any]:
     return _MODE_FN[job.mode](job)
 
 
+def round_job(job: Job, rounds: int, first: bool) -> Job:
+    """``job`` as one of ``rounds`` interleaved rounds: 1/rounds of its timing budget (at least
+    ``min_iters`` still), profiled in the first round only."""
+    if rounds <= 1:
+        return job
+    p = job.policy
+    policy = replace(
+        p,
+        iters=None if p.iters is None else -(-p.iters // rounds),  # exact: the caller's count
+        seconds=None if p.seconds is None else p.seconds / rounds,
+        default_iters=max(p.min_iters, -(-p.default_iters // rounds)),
+        default_seconds=p.default_seconds / rounds,
+    )
+    return replace(job, policy=policy, profile_prefix=job.profile_prefix if first else None)
+
+
+def merge_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record from the rounds of one configuration: the first round's record (load time,
+    profile, memory) with the latency statistics of all rounds' samples pooled, plus
+    ``rounds`` and ``round_p50_ms`` (how far the machine drifted between rounds)."""
+    if len(records) == 1:
+        return records[0]
+    samples = [s for r in records for s in r["samples_ms"]]
+    merged = dict(records[0])
+    stats = LatencyStats.from_samples(samples)
+    merged.update(
+        iters=stats.count,
+        latency_ms=stats.as_dict(),
+        throughput_ips=stats.throughput(merged["batch"]),
+        samples_ms=samples,
+        peak_rss_mb=max(r["peak_rss_mb"] for r in records),
+        rounds=len(records),
+        round_p50_ms=[r["latency_ms"]["p50"] for r in records],
+    )
+    return merged
+
+
 def _run_job_safely(job: Job) -> tuple[dict[str, Any] | None, str | None]:
     """(record, None) or (None, error text): what a subprocess sends back (errors pickle badly)."""
     try:

@@ -143,6 +143,37 @@ def test_cli_end_to_end(tmp_path: Path, doubles: tuple[Path, Path]) -> None:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_rounds_interleave_and_pool(tmp_path: Path, doubles, monkeypatch) -> None:
+    """--rounds 3: A, B, A, B, A, B with a third of the budget each, profiled in round 1 only,
+    each configuration's samples pooled into one record with its per-round p50s."""
+    from stpm_edge.benchmarks import cli
+
+    order = []
+    real = cli.run_job
+
+    def spy(job):
+        order.append((Path(job.model).stem, job.policy.iters, job.profile_prefix is not None))
+        return real(job)
+
+    monkeypatch.setattr(cli, "run_job", spy)
+    out = tmp_path / "r"
+    argv = [str(doubles[0]), str(doubles[1]), "--backend", "ort-cpu", "--threads", "1",
+            "--warmup", "0", "--iters", "6", "--rounds", "3", "--profile", "--profile-iters", "2",
+            "--out", str(out), "--no-plots"]  # fmt: skip
+    assert main(argv) == 0
+    names = ["double_fp32", "double_fp16"] * 3
+    assert [o[0] for o in order] == names
+    assert [o[1] for o in order] == [2] * 6
+    assert [o[2] for o in order] == [True, True] + [False] * 4
+    report = json.loads((out / "report.json").read_text())
+    assert validate_report(report) == []
+    for rec in report["records"]:
+        assert rec["iters"] == 6 and len(rec["samples_ms"]) == 6 and rec["rounds"] == 3
+        assert len(rec["round_p50_ms"]) == 3 and rec["profile_top"]
+        assert rec["latency_ms"]["p50"] == pytest.approx(np.median(rec["samples_ms"]), abs=1e-3)
+    assert main([*argv[:-3], "--rounds", "0", "--out", str(tmp_path / "x")]) == 2
+
+
 def test_cli_refuses_non_empty_out(tmp_path: Path, doubles: tuple[Path, Path], capsys) -> None:
     out = tmp_path / "taken"
     out.mkdir()
