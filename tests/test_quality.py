@@ -145,6 +145,7 @@ def test_colour_variant_evaluates_each_trained_checkpoint(tmp_path):
     assert set(timing) == {"train_s", "colour_s", "eval_s"}
     image = summarize_recipe(collect(out))["categories"]["gear"]["image_auroc"][0]
     assert image == pytest.approx(1.0 + 0.8 + 0.005)  # the colour checkpoints were evaluated
+    assert "then stpm-colour --mode texture (no retraining)" in summarize([source, out])
     fake.calls.clear()
     colour_variant(source, out, "texture", fake)  # finished: nothing is redone
     assert fake.calls == []
