@@ -22,9 +22,9 @@ Two execution modes (``hint``):
 
 Every request runs one image (a ``latency`` request given a batch runs its images one after the
 other), so a graph exported with a dynamic batch dimension is compiled with batch 1 fixed: the CPU
-plugin then plans its memory and kernels once instead of per call. Measured with 2 threads on the
-project's EPYC VM (INT8 graphs, p50): efficientnet_lite0 4.57 -> 3.88 ms, resnet18 stacked
-10.0 -> 9.4 ms (benchmarks/reports/cpu-epyc-2core/openvino_static_batch/).
+plugin then plans its memory and kernels once instead of per call (2 threads on the project's
+VM: 21 % faster for the INT8 efficientnet_lite0 graph, 8 % for the stacked INT8 resnet18 one;
+benchmarks/reports/cpu-epyc-2core/openvino_static_batch/).
 """
 
 from __future__ import annotations
