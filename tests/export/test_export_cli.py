@@ -173,13 +173,13 @@ def test_batch_range_travels_to_the_ort_tensorrt_profile(best_ckpt: Path, tmp_pa
         ({"int8": True, "target": "cpu"}, "separate"),
         ({"int8": True, "target": None}, "separate"),
         ({"engine": True}, "stacked"),
-        ({"int8": True, "target": "openvino"}, "stacked"),
-        ({"int8": True, "target": "openvino", "layout": "separate"}, "separate"),
+        ({"int8": True, "target": "openvino"}, "separate"),
+        ({"int8": True, "target": "openvino", "layout": "stacked"}, "stacked"),
         ({"layout": "stacked"}, "stacked"),
     ],
 )
 def test_layout_auto(flags: dict, expected: str) -> None:
-    """auto: stacked where it measured faster (GPU engines, OpenVINO INT8), separate on ORT CPU."""
+    """auto: stacked for GPU engines, separate on CPUs (ONNX Runtime and OpenVINO INT8)."""
     import argparse
 
     from stpm_edge.export.cli import _layout
