@@ -64,6 +64,9 @@ NETWORK_IO = ANY | {T.UINT8}
 # Ops whose integer inputs are shapes/indices (Expand, Slice, ...) list only the data tensor types.
 OPS: dict[str, frozenset[int]] = {
     "Add": NUMERIC,
+    # "AveragePool | Y | FP32, FP16, BF16 | 2D or 3D Pooling only. `dilations` must be empty or
+    # all ones" (the colour map's cell means: 2-D, no dilations)
+    "AveragePool": FLOATS,
     "Cast": ANY | {T.UINT8},
     "Clip": FLOATS,
     "Concat": ANY,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stpm_edge import colour_map as cm
 from stpm_edge.errors import CheckpointError, ConfigError
@@ -22,8 +23,7 @@ def texture(rng: np.random.Generator, n: int, size: int = SIZE) -> torch.Tensor:
 
 
 def fitted(mode: str = "texture", n: int = 24, seed: int = 0) -> cm.ColourMap:
-    weight = cm.pool_weight(SIZE)
-    cells = cm.cell_colours(texture(np.random.default_rng(seed), n), weight)
+    cells = cm.cell_colours(texture(np.random.default_rng(seed), n), cm.cell_window(SIZE))
     mean, precision = cm.fit_statistics(cells, mode)
     stats = cm.ColourStats(mode, mean, precision)
     return cm.ColourMap(stats, SIZE, [0.5] * 3, [0.5] * 3)
@@ -157,6 +157,21 @@ def test_payload_round_trip_and_malformed_entries() -> None:
     with pytest.raises(CheckpointError, match="not readable here"):
         cm.ColourStats.from_payload({**entry, "mode": "texture"})  # aligned shapes, texture mode
     with pytest.raises(ConfigError, match="divisible by"):
-        cm.pool_weight(224)
+        cm.cell_window(224)
     with pytest.raises(ConfigError, match="unknown"):
         cm.fit_statistics(torch.ones(3, 3, 2, 2), "per-pixel")
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_cells_are_the_box_mean_of_one_window(size: int) -> None:
+    """The two poolings equal one window-wide depthwise box convolution at the cell stride."""
+    rgb = texture(np.random.default_rng(3), 2, size)
+    window = cm.cell_window(size)
+    stride = window // cm.WINDOW
+    padded = F.pad(rgb, ((window - stride) // 2,) * 4, mode="reflect")
+    box = torch.full((3, 1, window, window), 1.0 / window**2)
+    want = F.conv2d(padded, box, stride=stride, groups=3)
+    want = want / cm.median_cell(want)
+    got = cm.cell_colours(rgb, window)
+    assert got.shape == (2, 3, cm.GRID, cm.GRID)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

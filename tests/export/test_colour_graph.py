@@ -139,17 +139,19 @@ def test_every_tensorrt_variant_passes_and_keeps_the_colour_map_in_float32(
         assert [n.op_type for n in readers] == ["Cast"]
     inits = {i.name: i for i in graph.graph.initializer}
     colour = {n: i for n, i in inits.items() if n.startswith("colour.")}
-    assert {"colour.pool", "colour.mean", "colour.precision", "colour.scale"} <= colour.keys()
+    assert {"colour.mean", "colour.precision", "colour.scale"} <= colour.keys()
     assert all(i.data_type == TensorProto.FLOAT for i in colour.values())
-    # the pooling convolution reads its float32 weight directly: never quantised (INT8 quantises
-    # only the backbones) and never cast to half (FP16 runs only the backbones in half)
-    pool = [n for n in graph.graph.node if "colour.pool" in n.input]
-    assert [n.op_type for n in pool] == ["Conv"]
+    # the cell means are two AveragePools on float32: never quantised (INT8 quantises only the
+    # backbones) and never in half (FP16 runs only the backbones in half)
+    pools = [n for n in graph.graph.node if n.op_type == "AveragePool"]
+    assert len(pools) == 2
     producers = {o: n for n in graph.graph.node for o in n.output}
-    assert producers[pool[0].input[0]].op_type != "DequantizeLinear"
+    assert producers[pools[0].input[0]].op_type == "Pad"  # the reflect padding, then the pools
+    assert producers[pools[1].input[0]] is pools[0]
     inferred = onnx.shape_inference.infer_shapes(graph)
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    assert types[pool[0].input[0]] == types[pool[0].output[0]] == TensorProto.FLOAT
+    for pool in pools:
+        assert types[pool.input[0]] == types[pool.output[0]] == TensorProto.FLOAT
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
