@@ -10,7 +10,7 @@ parity-checked (``stpm-bench --recommend`` does) and reported, never silently di
 
 Two execution modes (``hint``):
 
-- ``latency``: one synchronous infer request on the whole batch (OpenVINO's LATENCY hint: one
+- ``latency``: one synchronous infer request, image after image (OpenVINO's LATENCY hint: one
   stream using every thread). Best for batch 1, the camera's usual case.
 - ``throughput``: OpenVINO's THROUGHPUT hint (several streams sharing the threads) and a pool of
   asynchronous infer requests; a batch is split into single images that run concurrently on the
