@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stpm_edge.errors import BackendError, ConfigError, note
+from stpm_edge.runtime.metadata import BACKBONE_SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def make_trt_layer_profiler() -> Any:
 
 
 #: node-name prefix of the backbones in the exported graph (see stpm_edge.export.int8)
-BACKBONE_PREFIX = "/pair/"
+BACKBONE_PREFIX = BACKBONE_SCOPE
 
 
 def graph_stages(model_path: str | Path) -> dict[str, str]:

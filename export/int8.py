@@ -36,11 +36,11 @@ import numpy as np
 import onnx
 
 from stpm_edge.errors import ConfigError, ExportError, note
-from stpm_edge.runtime.metadata import props
+from stpm_edge.runtime.metadata import BACKBONE_SCOPE, props
 
 logger = logging.getLogger(__name__)
 
-BACKBONE_SCOPES = ("/pair/",)  # node-name prefix of everything inside the two networks
+BACKBONE_SCOPES = (BACKBONE_SCOPE,)  # node-name prefixes of everything inside the two networks
 
 
 class FrameReader:

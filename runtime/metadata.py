@@ -24,6 +24,9 @@ FORMAT = "stpm-edge-onnx/1"
 INPUT_FORMATS = ("uint8_nhwc", "float32_nchw")
 COLOR_ORDERS = ("BGR", "RGB")
 DEFAULT_OUTPUTS = ("anomaly_map", "score", "score_normalized")
+# Node-name prefix of everything inside the two networks of an exported graph (FusedSTPM's `pair`
+# submodule): INT8 quantises only these nodes, profiles count them as the backbones.
+BACKBONE_SCOPE = "/pair/"
 REQUIRED_KEYS = (
     "stpm.format",
     "stpm.input_size",
