@@ -480,7 +480,24 @@ def _check_resize(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
     return found
 
 
+def _check_average_pool(node: onnx.NodeProto, facts: GraphFacts) -> list[Violation]:
+    """operators.md 10.x: "2D or 3D Pooling only. `dilations` must be empty or all ones"."""
+    found = []
+    kernel = _attr(node, "kernel_shape", [])
+    if len(kernel) not in (2, 3):
+        found.append(
+            _violation(node, "pool-rank", f"{len(kernel)}-D pooling; TensorRT pools 2-D or 3-D")
+        )
+    dilations = _attr(node, "dilations", [])
+    if any(int(d) != 1 for d in dilations):
+        found.append(
+            _violation(node, "pool-dilations", f"dilations {list(dilations)} must be all ones")
+        )
+    return found
+
+
 NODE_RULES = {
+    "AveragePool": _check_average_pool,
     "QuantizeLinear": _check_qdq,
     "DequantizeLinear": _check_qdq,
     "TopK": _check_topk,

@@ -291,6 +291,24 @@ def test_resize_rules() -> None:
     )
 
 
+def test_average_pool_rules() -> None:
+    """operators.md 10.x AveragePool: "2D or 3D Pooling only. `dilations` must be empty or all
+    ones" — what the colour map's two poolings must (and do) satisfy."""
+
+    def pool(**attrs) -> onnx.ModelProto:
+        rank = len(attrs["kernel_shape"])
+        return make_model(
+            [helper.make_node("AveragePool", ["x"], ["y"], name="cells", **attrs)],
+            [vinfo("x", TensorProto.FLOAT, [1, 3] + [16] * rank)],
+            [vinfo("y", TensorProto.FLOAT, None)],
+        )
+
+    assert check_model(pool(kernel_shape=[8, 8], strides=[8, 8])) == []
+    assert check_model(pool(kernel_shape=[2, 2], dilations=[1, 1])) == []
+    only_rule(pool(kernel_shape=[4]), "pool-rank", "cells")
+    only_rule(pool(kernel_shape=[2, 2], dilations=[2, 2]), "pool-dilations", "cells")
+
+
 def test_reduce_axes_must_be_constant() -> None:
     model = make_model(
         [helper.make_node("ReduceSum", ["x", "axes"], ["y"], name="channel_sum")],
