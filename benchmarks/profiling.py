@@ -148,7 +148,6 @@ def make_trt_layer_profiler() -> Any:
 
 
 #: node-name prefix of the backbones in the exported graph (see stpm_edge.export.int8)
-BACKBONE_PREFIX = BACKBONE_SCOPE
 
 
 def graph_stages(model_path: str | Path) -> dict[str, str]:
@@ -164,7 +163,7 @@ def graph_stages(model_path: str | Path) -> dict[str, str]:
     stages: dict[str, str] = {}
     seen_backbone = False
     for node in graph.node:
-        if node.name.startswith(BACKBONE_PREFIX):
+        if node.name.startswith(BACKBONE_SCOPE):
             seen_backbone = True
             stage = "backbones"
         else:
@@ -185,7 +184,7 @@ def _stage_of(name: str, stages: dict[str, str]) -> str:
     for candidate in (base, base.rsplit("_", 1)[0]):
         if candidate in stages:
             return stages[candidate]
-    return "backbones" if BACKBONE_PREFIX in name else "other"
+    return "backbones" if BACKBONE_SCOPE in name else "other"
 
 
 def stage_shares(

@@ -132,7 +132,7 @@ def stem_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     meta = props(model)
     stem = get_backbone_spec(meta["stpm.backbone"]).stem
     # a direct child of a network (/pair/teacher/conv1/...), not a block's own conv1
-    direct = re.compile(rf"^/pair/[^/]+/{re.escape(stem)}/")
+    direct = re.compile(rf"^{re.escape(BACKBONE_SCOPE)}[^/]+/{re.escape(stem)}/")
     nodes = {n.name: n for n in model.graph.node}
     return [n for n in candidates if direct.match(n) and nodes[n].op_type == "Conv"]
 
