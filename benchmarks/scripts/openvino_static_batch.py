@@ -23,11 +23,15 @@ import numpy as np
 
 
 def _compile(core, path: Path, static: bool, threads: int):
-    model = core.read_model(str(path))
+    from stpm_edge.runtime.runners.openvino import single_image_model
+
+    dynamic = core.read_model(str(path))
+    single = single_image_model(dynamic)  # what the runner compiles
+    if single is None:
+        raise SystemExit(f"{path}: no dynamic batch dimension to compare")
+    model = single if static else dynamic
     port = model.inputs[0]
-    shape = [1, *(d.get_length() for d in list(port.get_partial_shape())[1:])]
-    if static:
-        model.reshape({port.get_any_name(): shape})
+    shape = list(single.inputs[0].get_partial_shape().to_shape())
     props = {
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_PRECISION_HINT": "f32",
