@@ -333,7 +333,7 @@ def _measure(
 ) -> list[tuple[Job, dict[str, Any]]]:
     """Every job's record; with ``--rounds N`` the jobs are timed in turn N times (each with 1/N
     of the budget, profiled in the first round only) and each job's rounds merged."""
-    rounds = max(1, int(args.rounds))
+    rounds = args.rounds  # >= 1, checked by run()
     parts: dict[int, list[dict[str, Any]]] = {}
     failed: set[int] = set()
     for r in range(rounds):

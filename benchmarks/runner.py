@@ -543,8 +543,8 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def round_job(job: Job, rounds: int, first: bool) -> Job:
-    """``job`` as one of ``rounds`` interleaved rounds: 1/rounds of its timing budget (at least
-    ``min_iters`` still), profiled in the first round only."""
+    """``job`` as one of ``rounds`` interleaved rounds: 1/rounds of its timing budget (``--iters``
+    rounded up; a time budget still runs at least ``min_iters``), profiled in the first round."""
     if rounds <= 1:
         return job
     p = job.policy

@@ -26,8 +26,9 @@ checkpoint):
 
 All maths is float32 (the exported graph's FP16/INT8 backbones never touch it) and uses only
 TensorRT-parsable ops (Pad and two AveragePools for the cell means, TopK + Slice for the median,
-Sub, Mul, ReduceSum, Div, Relu, Resize). The one implementation serves PyTorch evaluation (``STPM.score_map``) and
-export (``FusedSTPM``); the fitted constants become named initializers (``colour.*``).
+Sub, Mul, ReduceSum, Div, Relu, Resize). The one implementation serves PyTorch evaluation
+(``STPM.score_map``) and export (``FusedSTPM``); the fitted constants become named initializers
+(``colour.*``).
 """
 
 from __future__ import annotations
