@@ -98,8 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "separate", "stacked"],
         default="auto",
         help="stacked: teacher+student as one network of grouped convolutions (one kernel per layer); "
-        "auto: stacked for GPU targets (--engine) and OpenVINO INT8 (--target openvino), "
-        "separate for ONNX Runtime on CPUs",
+        "auto: stacked for GPU targets (--engine), separate on CPUs (ONNX Runtime, OpenVINO)",
     )
     g.add_argument(
         "--per-scale-maps", action="store_true", help="also output scale_map_0..2 (diagnosis)"
