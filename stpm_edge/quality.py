@@ -121,20 +121,29 @@ def _check_recipe(path: Path, recipe: dict) -> None:
     path.write_text(json.dumps(recipe, indent=2))
 
 
+def _done(folder: Path) -> bool:
+    """A category folder whose evaluation and timing are written (a re-run skips it)."""
+    return (folder / "eval" / "metrics.json").exists() and (folder / "timing.json").exists()
+
+
+def _evaluate(commands: dict[str, Command], folder: Path, data: Path, category: str) -> float:
+    """stpm-eval of ``folder``/train/best.ckpt into ``folder``/eval; returns its wall time."""
+    ckpt = str(folder / "train" / "best.ckpt")
+    where = ["--data", str(data), "--category", category]
+    return _call(commands, "eval", [ckpt, *where, "--out", str(folder / "eval"), "--force"])
+
+
 def _run_category(
     folder: Path, data: Path, category: str, seed: int, train_args, commands: dict[str, Command]
 ) -> None:
-    if (folder / "eval" / "metrics.json").exists() and (folder / "timing.json").exists():
+    if _done(folder):
         logger.info("%s: done, skipped", folder)
         return
     timing = {}
     where = ["--data", str(data), "--category", category]
     train = ["--out", str(folder / "train"), "--seed", str(seed), "--force", "--no-progress"]
     timing["train_s"] = _call(commands, "train", [*where, *train, *train_args])
-    ckpt = str(folder / "train" / "best.ckpt")
-    timing["eval_s"] = _call(
-        commands, "eval", [ckpt, *where, "--out", str(folder / "eval"), "--force"]
-    )
+    timing["eval_s"] = _evaluate(commands, folder, data, category)
     (folder / "timing.json").write_text(json.dumps(timing, indent=2))
     logger.info(
         "%s: trained in %.0f s, evaluated in %.0f s", folder, timing["train_s"], timing["eval_s"]
@@ -158,16 +167,13 @@ def colour_variant(
         folder = timing_file.parent
         seed_dir, category = folder.parent.name, folder.name
         target = out / seed_dir / category
-        if (target / "eval" / "metrics.json").exists() and (target / "timing.json").exists():
+        if _done(target):
             continue
         ckpt = target / "train" / "best.ckpt"
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         fit = ["--mode", mode, "--out", str(ckpt), "--force"]
         colour_s = _call(commands, "colour", [str(folder / "train" / "best.ckpt"), *fit])
-        where = ["--data", str(source / "data" / seed_dir), "--category", category]
-        eval_s = _call(
-            commands, "eval", [str(ckpt), *where, "--out", str(target / "eval"), "--force"]
-        )
+        eval_s = _evaluate(commands, target, source / "data" / seed_dir, category)
         train_s = json.loads(timing_file.read_text())["train_s"] + colour_s
         timing = {"train_s": train_s, "colour_s": colour_s, "eval_s": eval_s}
         (target / "timing.json").write_text(json.dumps(timing, indent=2))
