@@ -265,12 +265,21 @@ def _epoch_loader(dataset, cfg: TrainConfig, epoch: int, shuffle: bool) -> DataL
 
 
 @torch.no_grad()
-def validation_loss(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> float:
+def validation_loss(
+    model: STPM,
+    dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    cache: TeacherFeatureCache | None = None,
+) -> float:
+    """Mean loss over ``dataset`` (paper scale); ``cache`` keeps the teacher's features of these
+    images from one epoch to the next (they are never augmented)."""
     model.eval()
     total, count = 0.0, 0
     for batch in _epoch_loader(dataset, cfg, 0, shuffle=False):
         x = batch["image"].to(device)
-        total += float(model.loss(x)) * len(x)
+        teacher_feats = cache.get(model, x, batch["index"]) if cache is not None else None
+        total += float(model.loss(x, teacher_feats)) * len(x)
         count += len(x)
     return total / max(count, 1)
 
@@ -288,12 +297,14 @@ def validation_map_mean(model: STPM, dataset, cfg: TrainConfig, device: torch.de
     return total / max(count, 1)
 
 
-def _validate(model: STPM, dataset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+def _validate(
+    model: STPM, dataset, cfg: TrainConfig, device: torch.device, cache: TeacherFeatureCache
+) -> dict[str, float]:
     """The criterion's value, ``{"val_loss": ...}`` or ``{"val_map_mean": ...}``: one pass over
     the validation images per epoch whatever the criterion, so recipes cost the same."""
     if cfg.val_criterion == "map_mean":
         return {"val_map_mean": validation_map_mean(model, dataset, cfg, device)}
-    return {"val_loss": validation_loss(model, dataset, cfg, device)}
+    return {"val_loss": validation_loss(model, dataset, cfg, device, cache)}
 
 
 def _criterion_key(cfg: TrainConfig) -> str:
@@ -357,11 +368,12 @@ def train(cfg: TrainConfig) -> Path:
         device,
     )
     cache = teacher_cache(cfg, model, len(train_set))
+    val_cache = TeacherFeatureCache(model, len(val_set))
     for epoch in range(start_epoch, schedule.epochs):
         train_loss, ips = _train_epoch(
             model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache, schedule
         )
-        val = _validate(model, val_set, cfg, device)
+        val = _validate(model, val_set, cfg, device, val_cache)
         improved = val[_criterion_key(cfg)] < best
         best = min(best, val[_criterion_key(cfg)])
         fields_ = {

@@ -88,3 +88,15 @@ def test_config_defaults_come_from_the_backbone_spec() -> None:
         ModelConfig(image_size=64, score_reduction="median")
     with pytest.raises(ConfigError):
         ModelConfig(backbone="nope", image_size=64)
+
+
+def test_convolutions_run_channels_last(model: STPM) -> None:
+    """Both trunks keep NHWC weights (training speed, see STPM.__init__), and a state dict saved
+    from them loads into a fresh model to the same features."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    other = STPM(model.config, load_teacher=False)
+    other.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    for a, b in zip(model.features(x)[1], other.features(x)[1]):
+        torch.testing.assert_close(a, b)

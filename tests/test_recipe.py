@@ -380,3 +380,23 @@ def test_help_names_the_defaults_and_choices(capsys) -> None:
         entry = text[text.index(f"{flag} {choices} ") :]
         assert entry.split("(default: ", 1)[1].startswith(f"{default})"), flag
     assert "--steps STEPS train for N SGD steps instead of --epochs" in text
+
+
+def test_validation_loss_runs_the_teacher_once_per_image(monkeypatch) -> None:
+    """The validation images are never augmented: with a cache, later epochs' validation skips the
+    teacher and gives the same loss as the uncached pass."""
+    torch.manual_seed(0)
+    model = STPM(ModelConfig(image_size=32, teacher_weights="random"))
+    images = torch.randn(6, 3, 32, 32)
+    dataset = [{"image": images[i], "index": i} for i in range(6)]
+    cfg = TrainConfig(batch_size=4, progress=False)
+    calls = []
+    model.teacher.register_forward_hook(lambda *a: calls.append(1))
+    plain = train_mod.validation_loss(model, dataset, cfg, torch.device("cpu"))
+    cache = train_mod.TeacherFeatureCache(model, len(dataset))
+    calls.clear()
+    losses = [
+        train_mod.validation_loss(model, dataset, cfg, torch.device("cpu"), cache) for _ in range(3)
+    ]
+    assert len(calls) == 2  # two batches, first pass only
+    assert losses == pytest.approx([plain] * 3, rel=1e-6)
