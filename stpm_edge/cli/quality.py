@@ -4,11 +4,14 @@
     python -m stpm_edge.cli.quality run --out runs/quality/e50 --seeds 0,1,2 --train-args "--epochs 50"
     python -m stpm_edge.cli.quality colour runs/quality/default --out runs/quality/default_colour
     python -m stpm_edge.cli.quality summary runs/quality/default runs/quality/e50 --out quality.md
+    python -m stpm_edge.cli.quality parity runs/quality/default_colour --seeds 0
 
 ``run`` builds the benchmark per seed, trains and evaluates every category (skipping finished
 steps, so an interrupted run resumes); ``colour`` fits the colour map to a recipe's trained
 checkpoints and evaluates them as a new recipe folder (no retraining); ``summary`` prints mean +- std over seeds per category,
-the weakest defect types and the training minutes, and compares each recipe with the first.
+the weakest defect types and the training minutes, and compares each recipe with the first;
+``parity`` exports a recipe's checkpoints (FP32, FP16, INT8) and compares the graphs' AUROCs
+with PyTorch's (``stpm_edge.quality_parity``).
 Exit codes: 0 success, 2 a user error.
 """
 
@@ -56,13 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
     summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")
+    parity = sub.add_parser(
+        "parity", formatter_class=HelpFormatter, help="exported graphs vs PyTorch, per category"
+    )
+    parity.add_argument("recipe", type=Path, help="a recipe folder made by `run` or `colour`")
+    parity.add_argument("--seeds", type=_ints, default=None, help="only these seeds (default: all)")
+    parity.add_argument(
+        "--precisions", default="fp32,fp16,int8", help="comma-separated: fp32, fp16, int8"
+    )
+    parity.add_argument("--backend", default="ort-cpu", help="runtime backend that scores them")
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
     from stpm_edge.quality import colour_variant, run_recipe, summarize
 
-    if args.command == "colour":
+    if args.command == "parity":
+        from stpm_edge.quality_parity import export_parity, parity_table
+
+        precisions = comma_list(args.precisions)
+        result = export_parity(args.recipe, precisions, args.seeds, args.backend)
+        print(parity_table(result, precisions), end="")
+    elif args.command == "colour":
         colour_variant(args.source, args.out, args.mode)
         print(summarize([args.source, args.out]), end="")
     elif args.command == "run":
