@@ -448,15 +448,25 @@ class TeacherFeatureCache:
         floats_per_image = sum(s.num_chs * (size // s.reduction) ** 2 for s in spec.stages)
         self.enabled = num_images * floats_per_image * 4 / 2**20 <= budget_mb
         self._store: dict[int, list[torch.Tensor]] = {}
+        self._layout = torch.contiguous_format
 
     def get(self, model: STPM, x: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
-        """Teacher features of the batch ``x`` whose dataset indices are ``indices``."""
+        """Teacher features of the batch ``x`` whose dataset indices are ``indices``, in the
+        memory layout the teacher gives: the loss's channel sums round differently over NCHW and
+        NHWC memory, and a resumed run (fresh features) must match an uninterrupted one (cached)."""
         keys = [int(i) for i in indices]
         if self.enabled and all(k in self._store for k in keys):
             levels = len(self._store[keys[0]])
-            return [torch.stack([self._store[k][level] for k in keys]) for level in range(levels)]
+            return [
+                torch.stack([self._store[k][level] for k in keys]).contiguous(
+                    memory_format=self._layout
+                )
+                for level in range(levels)
+            ]
         with torch.no_grad():
             feats = model.teacher(x)
+        if feats[0].is_contiguous(memory_format=torch.channels_last):
+            self._layout = torch.channels_last
         if self.enabled:
             for row, key in enumerate(keys):
                 self._store[key] = [f[row].detach().clone() for f in feats]

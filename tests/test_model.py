@@ -97,6 +97,7 @@ def test_convolutions_run_channels_last(model: STPM) -> None:
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     other = STPM(model.config, load_teacher=False)
     other.load_state_dict(model.state_dict())
+    other.train(model.training)
     x = torch.randn(2, 3, 32, 32)
     for a, b in zip(model.features(x)[1], other.features(x)[1]):
         torch.testing.assert_close(a, b)
