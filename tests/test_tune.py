@@ -21,7 +21,7 @@ def brightened_goods(demo_data, folder: Path, count: int = 4) -> Path:
     """Good training images made brighter: an appearance the 2-epoch model flags as NG."""
     folder.mkdir(parents=True)
     for path in sorted(demo_data.train_good.glob("*.png"))[:count]:
-        image = cv2.imread(str(path)).astype(np.int32) + 70
+        image = cv2.imread(str(path)).astype(np.int32) + 100
         cv2.imwrite(str(folder / f"marked_{path.name}"), np.clip(image, 0, 255).astype(np.uint8))
     return folder
 
