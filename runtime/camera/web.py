@@ -84,6 +84,9 @@ class CameraView:
         self.history: deque[tuple[int, float, float]] = deque(maxlen=HISTORY)
         self.recent_ng: deque[dict[str, Any]] = deque(maxlen=RECENT_NG)
         self.marks: dict[str, str] = {}
+        # (frames count it was encoded at, JPEG bytes): a page polling faster than the line runs
+        # gets the same bytes again instead of a new encode of the same frame
+        self._jpeg: tuple[int, bytes] | None = None
 
     @property
     def review_dir(self) -> Path | None:
@@ -129,12 +132,21 @@ class CameraView:
             }
 
     def jpeg(self) -> bytes | None:
+        """The latest image as JPEG; encoded once per frame however often the page asks."""
         with self.lock:
-            image = self.image
+            image, version, cached = self.image, self.counts["frames"], self._jpeg
         if image is None:
             return None
+        if cached is not None and cached[0] == version:
+            return cached[1]
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        return buf.tobytes() if ok else None
+        if not ok:
+            return None
+        data = buf.tobytes()
+        with self.lock:
+            if self.counts["frames"] == version:  # not already replaced by a newer frame
+                self._jpeg = (version, data)
+        return data
 
     def mark(self, name: str, mark: str) -> dict[str, Any]:
         """Copy NG frame ``name`` to ``review/<mark>/`` and append a ``marks.jsonl`` line."""

@@ -200,3 +200,24 @@ def test_cli_binds_localhost_by_default_and_a_busy_port_is_a_user_error(site) ->
     loop = SimpleNamespace(options=SimpleNamespace(save_ng=None), add_observer=lambda o: None)
     with pytest.raises(ConfigError, match="--http"):
         attach_web({"cam0": loop}, site.server.port, "127.0.0.1")  # the fixture's port is taken
+
+
+def test_jpeg_is_encoded_once_per_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page polling faster than the line gets the same bytes without a new encode; the next
+    frame is encoded afresh."""
+    import stpm_edge.runtime.camera.web as web
+
+    encodes = []
+    real = web.cv2.imencode
+    monkeypatch.setattr(web.cv2, "imencode", lambda *a: encodes.append(1) or real(*a))
+    view = CameraView("cam0", None)
+    assert view.jpeg() is None
+    black, white = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8)
+    view.update(SimpleNamespace(image=black), SimpleNamespace(overlay=None), {"verdict": "OK"})
+    first = [view.jpeg() for _ in range(3)]
+    assert len(encodes) == 1 and first[0] == first[1] == first[2]
+    view.update(SimpleNamespace(image=white), SimpleNamespace(overlay=None), {"verdict": "OK"})
+    second = view.jpeg()
+    assert len(encodes) == 2 and second != first[0]
+    decoded = cv2.imdecode(np.frombuffer(second, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.mean() > 200
