@@ -192,12 +192,7 @@ class FusedSTPM(nn.Module):
         super().__init__()
         cfg = model.config
         self.options, self.size = options, (cfg.image_size, cfg.image_size)
-        self.map_settings = (
-            cfg.blur_sigma,
-            cfg.score_reduction,
-            cfg.topk_fraction,
-            cfg.map_resolution,
-        )
+        self.map_settings = am.MapSettings.of(cfg)
         # named buffers -> named initializers, so a re-calibration can overwrite them in the ONNX
         self.register_buffer(THRESHOLD_NAME, torch.tensor(float(calibration["image_threshold"])))
         self.register_buffer(SCALE_NAME, torch.tensor(am.calibration_scale(calibration)))
@@ -246,9 +241,7 @@ class FusedSTPM(nn.Module):
             fuse = self.colour.fuser(
                 self.colour.from_graph_input(image, o.input_format, o.color_order)
             )
-        amap, score, scale_maps = am.score_map(
-            teacher, student, self.size, *self.map_settings, fuse
-        )
+        amap, score, scale_maps = am.score_map(teacher, student, self.size, self.map_settings, fuse)
         normalized = am.normalize_score(
             score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME)
         )

@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,14 +174,31 @@ def anomaly_map(
     return gaussian_blur(combine_scales(scale_maps, grid), sigma), scale_maps
 
 
+@dataclass(frozen=True)
+class MapSettings:
+    """How a checkpoint's map is blurred, gridded and scored (one value travels, not four).
+
+    The defaults are the paper's; a model's come from its config (:meth:`of`).
+    """
+
+    blur_sigma: float = 0.0
+    reduction: str = "max"
+    topk_fraction: float = 0.01
+    resolution: str = "input"
+
+    @classmethod
+    def of(cls, config: Any) -> MapSettings:
+        """From a ``ModelConfig`` (or anything with its four fields)."""
+        return cls(
+            config.blur_sigma, config.score_reduction, config.topk_fraction, config.map_resolution
+        )
+
+
 def score_map(
     teacher_feats: list[torch.Tensor],
     student_feats: list[torch.Tensor],
     size: tuple[int, int],
-    blur_sigma: float = 0.0,
-    reduction: str = "max",
-    topk_fraction: float = 0.01,
-    resolution: str = "input",
+    settings: MapSettings = MapSettings(),
     fuse: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Map, score and scale maps -> ((B, 1, H, W), (B,), [(B, 1, h_i, w_i)]), all float32.
@@ -189,11 +208,13 @@ def score_map(
     (grid map -> map on the same grid) adds another map before scoring: the colour map
     (``stpm_edge.colour_map``).
     """
-    grid_map, scale_maps = anomaly_map(teacher_feats, student_feats, size, blur_sigma, resolution)
+    grid_map, scale_maps = anomaly_map(
+        teacher_feats, student_feats, size, settings.blur_sigma, settings.resolution
+    )
     if fuse is not None:
         grid_map = fuse(grid_map)
-    score = image_score(grid_map, reduction, topk_fraction)
-    full = grid_map if resolution == "input" else upsample(grid_map, size)
+    score = image_score(grid_map, settings.reduction, settings.topk_fraction)
+    full = grid_map if settings.resolution == "input" else upsample(grid_map, size)
     return full, score, scale_maps
 
 

@@ -128,16 +128,8 @@ class STPM(nn.Module):
     def score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (anomaly map (B, 1, H, W) float32, image score (B,) float32)."""
         teacher, student = self.features(x)
-        cfg = self.config
         fuse = None if self.colour is None else self.colour.fuser(self.colour.of_normalised(x))
         amap, score, _ = am.score_map(
-            teacher,
-            student,
-            tuple(x.shape[-2:]),
-            cfg.blur_sigma,
-            cfg.score_reduction,
-            cfg.topk_fraction,
-            cfg.map_resolution,
-            fuse,
+            teacher, student, tuple(x.shape[-2:]), am.MapSettings.of(self.config), fuse
         )
         return amap, score

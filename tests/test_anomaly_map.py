@@ -257,7 +257,9 @@ def test_feature_resolution_map_is_the_feature_grid_map_upsampled() -> None:
         1.0,
     )
     torch.testing.assert_close(grid_map, expected)
-    full, score, _ = am.score_map(teacher, student, (64, 64), 4.0, "topk", 0.01, "feature")
+    full, score, _ = am.score_map(
+        teacher, student, (64, 64), am.MapSettings(4.0, "topk", 0.01, "feature")
+    )
     assert full.shape == (2, 1, 64, 64)
     torch.testing.assert_close(full, am.upsample(grid_map, (64, 64)))
     torch.testing.assert_close(score, am.image_score(grid_map, "topk", 0.01))
@@ -271,9 +273,11 @@ def test_feature_resolution_agrees_with_input_resolution(reduction: str) -> None
         for t, s in zip(teacher, student, strict=True):
             s[i] = t[i] + 0.1 * i * torch.randn_like(t[i])
     fast, fast_score, _ = am.score_map(
-        teacher, student, (256, 256), 4.0, reduction, 0.01, "feature"
+        teacher, student, (256, 256), am.MapSettings(4.0, reduction, 0.01, "feature")
     )
-    slow, slow_score, _ = am.score_map(teacher, student, (256, 256), 4.0, reduction, 0.01, "input")
+    slow, slow_score, _ = am.score_map(
+        teacher, student, (256, 256), am.MapSettings(4.0, reduction, 0.01, "input")
+    )
     assert fast.shape == slow.shape == (6, 1, 256, 256)
     # measured here: 5.8 % of the map's peak at most, 2.3 % on average; top-k scores within 2 %,
     # the max (one pixel, the most discretisation-sensitive) within 16 %
