@@ -61,6 +61,7 @@ RIDGE = 1e-3  # added to the covariance diagonal, relative to the mean variance
 SHRINK = 0.2  # aligned mode: weight of the average covariance in each cell's covariance
 SCALE_QUANTILE = 0.999  # quantile of the good validation maps' values that maps to 1
 MEAN_EPS = 1e-6  # guards the division by a black image's median cell
+SIZE_MULTIPLE = 2 * GRID  # image sizes the grid fits: a whole, even stride per cell
 
 
 @dataclass(frozen=True)
@@ -121,10 +122,10 @@ _REFIT = "re-fit it with `stpm-colour CKPT --mode texture --out NEW.ckpt`"
 
 def check_image_size(image_size: int) -> None:
     """The grid needs a whole, even stride (so the padding centres the cells exactly)."""
-    if image_size % (2 * GRID):
+    if image_size % SIZE_MULTIPLE:
         raise ConfigError(
             note(
-                f"the colour map needs an image size divisible by {2 * GRID}, got {image_size}",
+                f"the colour map needs an image size divisible by {SIZE_MULTIPLE}, got {image_size}",
                 "use e.g. 256, 320 or 512, or leave the colour map off",
             )
         )

@@ -249,6 +249,10 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     test = labelled_test_set(cfg, payload)
     before_test = labelled_metrics(model, *test, cfg.device) if test else None
     schedule = _fine_tune(model, payload, cfg, train + extra_samples * repeats)
+    if model.colour is not None:  # the student moved: the fusion's STPM scale is re-measured
+        from stpm_edge.colour_map import rescaled
+
+        model.colour = rescaled(payload, model, cfg.device)
     new_cal = _calibrate(model, payload, cfg.device, cfg.checkpoint)
     after_scores = score_paths(model, extra, cfg.device)
     after_test = labelled_metrics(model, *test, cfg.device) if test else None

@@ -82,7 +82,8 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
 
 @pytest.fixture(scope="session")
 def trained_run(demo_data: DemoData, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    """2 epochs, batch 4, 64 px, real pretrained offline teacher, default map/score settings."""
+    """2 epochs, batch 4, 64 px, real pretrained offline teacher, default map/score settings,
+    colour map off."""
     from stpm_edge.train import TrainConfig, train
 
     _one_torch_thread()
@@ -97,6 +98,9 @@ def trained_run(demo_data: DemoData, tmp_path_factory: pytest.TempPathFactory) -
         batch_size=4,
         device="cpu",
         progress=False,
+        # plain STPM: the tests built on this run check the STPM map's maths and graph; the
+        # colour map (on by default) has its own fixtures (test_colour_*.py)
+        colour_map="off",
     )
     return TrainedRun(out, train(cfg))
 

@@ -145,3 +145,38 @@ def test_other_map_settings_re_measure_the_stpm_scale(colour_ckpt, demo_data, tm
     sharp = evaluate_checkpoint(colour_ckpt, data, cat, tmp_path, EvalOptions(blur_sigma=0.0))
     assert sharp["colour_map"]["stpm_scale"] != pytest.approx(stored, rel=0.01)
     assert sharp["colour_map"]["colour_scale"] == payload[cm.PAYLOAD_KEY]["colour_scale"]
+
+
+def test_default_colour_map_is_aligned_where_the_size_grids() -> None:
+    """--colour-map auto (the default): aligned at 256 or 64 px; at 96 px, which the grid cannot
+    divide, off rather than an error the user did not ask for."""
+    from stpm_edge.train import TrainConfig
+
+    assert TrainConfig().colour_map == "auto"
+    assert TrainConfig(data="x", image_size=256).colour_mode() == "aligned"
+    assert TrainConfig(data="x", image_size=64).colour_mode() == "aligned"
+    assert TrainConfig(data="x", image_size=96).colour_mode() is None
+    assert TrainConfig(data="x", colour_map="off").colour_mode() is None
+    assert TrainConfig(data="x", colour_map="texture").colour_mode() == "texture"
+
+
+def test_stpm_tune_re_measures_the_fusion_scale(colour_ckpt, demo_data, tmp_path) -> None:
+    """Fine-tuning moves the student, so the colour fusion's STPM scale is measured again on the
+    validation images (a stale one would re-weight the two maps)."""
+    from stpm_edge.cli.tune import main
+
+    extra = tmp_path / "marked"
+    extra.mkdir()
+    for path in sorted(demo_data.train_good.glob("*.png"))[:2]:
+        (extra / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "tuned.ckpt"
+    argv = [str(colour_ckpt), "--extra-good", str(extra), "--out", str(out), "--epochs", "1"]
+    assert main([*argv, "-q"]) == 0
+    before, after = load_checkpoint(colour_ckpt), load_checkpoint(out)
+    tuned = load_model_from_checkpoint(out)
+    measured = cm.stpm_scale(tuned, cm.validation_images(after, tuned.config.image_size))
+    assert after[cm.PAYLOAD_KEY]["stpm_scale"] == pytest.approx(measured, rel=1e-5)
+    assert after[cm.PAYLOAD_KEY]["stpm_scale"] != pytest.approx(
+        before[cm.PAYLOAD_KEY]["stpm_scale"], rel=1e-3
+    )
+    assert after[cm.PAYLOAD_KEY]["colour_scale"] == before[cm.PAYLOAD_KEY]["colour_scale"]

@@ -97,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--colour-map",
-        choices=["off", "texture", "aligned"],
+        choices=["auto", "off", "texture", "aligned"],
         help="colour statistics map for stains STPM cannot see, fitted after training on the "
         "same images: 'texture' (one set of statistics for every position) or 'aligned' (per "
-        f"position, parts in a fixed pose); stpm-colour adds it to older runs (default: {d.colour_map})",
+        "position, parts in a fixed pose); 'auto': aligned when --image-size is a multiple of "
+        f"64, else off; stpm-colour adds it to older runs (default: {d.colour_map})",
     )
     o = p.add_argument_group("optimisation")
     o.add_argument(
