@@ -20,12 +20,15 @@ OUT=benchmarks/reports/$NAME
 mkdir -p "$WORK"
 
 if [ "$STAGE" != bench ]; then
-# the same checkpoint with another map resolution (thresholds do not change the timing)
+# the same checkpoint with another map resolution (thresholds do not change the timing), plain
+# STPM as the peers compute it: a colour map (on by default) is dropped; its cost is measured
+# by colour_cost.sh
 with_resolution() {
   $B/python - "$1" "$2" "$3" <<'PY'
 import sys, torch
 payload = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 payload["config"]["map_resolution"] = sys.argv[3]
+payload.pop("colour_map", None)
 torch.save(payload, sys.argv[2])
 PY
 }
@@ -35,7 +38,8 @@ with_resolution demo_out/ckpts/brick/best.ckpt "$WORK/lite0_feature.ckpt" featur
 with_resolution demo_out/ckpts/brick/best.ckpt "$WORK/lite0_input.ckpt" input
 # resnet18: random teacher, one epoch (the timing does not depend on the weights)
 [ -f "$WORK/r18/best.ckpt" ] || $B/stpm-train --data demo_out/data --category brick \
-  --backbone resnet18 --teacher-weights random --epochs 1 --batch-size 8 --out "$WORK/r18" -q
+  --backbone resnet18 --teacher-weights random --epochs 1 --batch-size 8 --colour-map off \
+  --out "$WORK/r18" -q
 with_resolution "$WORK/r18/best.ckpt" "$WORK/r18_feature.ckpt" feature
 with_resolution "$WORK/r18/best.ckpt" "$WORK/r18_input.ckpt" input
 
