@@ -227,13 +227,14 @@ def summarize_recipe(results: dict[str, dict[int, dict]], weakest: int = 3) -> d
         row["seeds"] = sorted(by_seed)
         rows[category] = row
     seeds = sorted({s for by_seed in results.values() for s in by_seed})
-    mean = {}
+    mean, mean_per_seed = {}, {}
     for k in METRICS:  # the category mean per seed, then its spread over seeds
         per_seed = [
             _finite_mean([results[c][s].get(k) for c in results if s in results[c]]) for s in seeds
         ]
         mean[k] = _mean_std(per_seed)
-    return {"categories": rows, "mean": mean, "seeds": seeds}
+        mean_per_seed[k] = dict(zip(seeds, per_seed, strict=True))
+    return {"categories": rows, "mean": mean, "mean_per_seed": mean_per_seed, "seeds": seeds}
 
 
 def _fmt(pair: tuple[float, float]) -> str:
@@ -304,9 +305,24 @@ def common_runs(
     return [{c: by_seed for c, by_seed in r.items() if by_seed} for r in kept], left_out
 
 
+def seed_gains(base: dict, new: dict, metric: str) -> dict[int, float]:
+    """``{seed: new mean - base mean}`` of ``metric`` on the seeds both have: paired by seed, so
+    the benchmark images each seed draws cancel out of the comparison."""
+    old, now = base["mean_per_seed"][metric], new["mean_per_seed"][metric]
+    return {
+        s: now[s] - old[s]
+        for s in sorted(set(old) & set(now))
+        if now[s] is not None and old[s] is not None
+    }
+
+
 def _delta_line(base: dict, new: dict) -> str:
-    """Mean gains over the baseline and the category that lost most, in one sentence."""
-    parts = [f"{k} {new['mean'][k][0] - base['mean'][k][0]:+.3f}" for k in METRICS]
+    """Mean gains over the baseline (and per seed) and the category that lost most."""
+    parts = []
+    for k in METRICS:
+        per_seed = seed_gains(base, new, k)
+        seeds = ", ".join(f"{v:+.3f}" for v in per_seed.values())
+        parts.append(f"{k} {new['mean'][k][0] - base['mean'][k][0]:+.3f} (per seed {seeds})")
     common = sorted(set(base["categories"]) & set(new["categories"]))
     drops = {
         c: new["categories"][c]["image_auroc"][0] - base["categories"][c]["image_auroc"][0]

@@ -113,7 +113,8 @@ def test_summary_mean_std_over_seeds_and_weakest_types(tmp_path):
         "| gear | 0.850 ± 0.071 | 0.950 ± 0.000 | 0.000 ± 0.000 | crack 0.65, stain 0.90 | 2.0 |"
         in text
     )
-    assert "| **mean** | **0.750 ± 0.071** |" in text and "image_auroc +0.000" in text
+    assert "| **mean** | **0.750 ± 0.071** |" in text
+    assert "image_auroc +0.000 (per seed +0.000, +0.000)" in text
     saved = json.loads((tmp_path / "q.json").read_text())
     assert saved[str(root)]["mean"]["image_auroc"][0] == pytest.approx(0.75)
 
@@ -163,3 +164,19 @@ def test_summary_compares_only_the_runs_every_recipe_has(tmp_path):
     text = summarize([done, running])
     assert "left out: ['brick seed 0', 'brick seed 1', 'gear seed 1']" in text
     assert "image_auroc +0.000" in text  # gear seed 0 against itself, not against the mean of 4
+
+
+def test_seed_gains_pair_the_recipes_by_seed():
+    """Seeds that draw harder benchmarks move both recipes; the paired gain sees through it."""
+    from stpm_edge.quality import seed_gains
+
+    def recipe(values):
+        return summarize_recipe(
+            {"gear": {s: {"image_auroc": v, "pixel_auroc": v, "aupro": v} for s, v in values}}
+        )
+
+    base = recipe([(0, 0.6), (1, 0.8), (2, 0.7)])
+    new = recipe([(0, 0.65), (1, 0.85), (2, 0.76)])
+    gains = seed_gains(base, new, "image_auroc")
+    assert gains == pytest.approx({0: 0.05, 1: 0.05, 2: 0.06})
+    assert new["mean"]["image_auroc"][1] == pytest.approx(0.1, abs=1e-3)  # spread of the means
