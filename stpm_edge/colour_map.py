@@ -120,9 +120,15 @@ class ColourStats:
 _REFIT = "re-fit it with `stpm-colour CKPT --mode texture --out NEW.ckpt`"
 
 
+def grids(image_size: int) -> bool:
+    """Whether the grid fits ``image_size``: a whole, even stride (so the padding centres the
+    cells exactly)."""
+    return image_size % SIZE_MULTIPLE == 0
+
+
 def check_image_size(image_size: int) -> None:
-    """The grid needs a whole, even stride (so the padding centres the cells exactly)."""
-    if image_size % SIZE_MULTIPLE:
+    """:func:`grids`, or a :class:`ConfigError` naming the sizes that do."""
+    if not grids(image_size):
         raise ConfigError(
             note(
                 f"the colour map needs an image size divisible by {SIZE_MULTIPLE}, got {image_size}",

@@ -40,7 +40,7 @@ from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.checkpoint import load_checkpoint, save_checkpoint
 from stpm_edge.colour_map import MODES as COLOUR_MODES
 from stpm_edge.colour_map import SIZE_MULTIPLE as COLOUR_SIZE_MULTIPLE
-from stpm_edge.colour_map import check_image_size, fit_for_checkpoint
+from stpm_edge.colour_map import check_image_size, fit_for_checkpoint, grids
 from stpm_edge.data.augment import AUGMENTATIONS, make_augment
 from stpm_edge.errors import ConfigError, note
 from stpm_edge.model import STPM, ModelConfig
@@ -120,7 +120,7 @@ class TrainConfig:
         """The colour map this run fits, or ``None``: ``auto`` is ``aligned`` when the image size
         grids (a multiple of 64), else off, since the user did not ask for it explicitly."""
         if self.colour_map == "auto":
-            return "aligned" if self.image_size % COLOUR_SIZE_MULTIPLE == 0 else None
+            return "aligned" if grids(self.image_size) else None
         return None if self.colour_map == "off" else self.colour_map
 
     def model_config(self) -> ModelConfig:
