@@ -122,7 +122,10 @@ class STPM(nn.Module):
             teacher_feats, student = self.features(x)
         else:
             student = self.student(x)
-        return am.stpm_loss(teacher_feats, student, scale)
+        # Under training's autocast the channel sums (convolutions) would run in bf16/fp16: a
+        # sum of squares over 320 channels loses digits in bf16 and can pass fp16's 65504.
+        with torch.autocast(x.device.type, enabled=False):
+            return am.stpm_loss(teacher_feats, student, scale)
 
     @torch.no_grad()
     def score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

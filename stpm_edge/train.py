@@ -43,6 +43,7 @@ from stpm_edge.colour_map import SIZE_MULTIPLE as COLOUR_SIZE_MULTIPLE
 from stpm_edge.colour_map import check_image_size, fit_for_checkpoint, grids
 from stpm_edge.data.augment import AUGMENTATIONS, make_augment
 from stpm_edge.errors import ConfigError, note
+from stpm_edge.mixed_precision import Autocast, normalise_amp, resolve_autocast
 from stpm_edge.model import STPM, ModelConfig
 from stpm_edge.outputs import prepare_output_dir
 
@@ -77,7 +78,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: str = "auto"  # stpm_edge.mixed_precision; a bool in checkpoints written before 0.x
     workers: int = 0
     blur_sigma: float = 4.0  # ablation in README: +0.009 pixel AUROC on the demo set
     score_reduction: str = "topk"  # mean of the top 1 % pixels: +0.09 image AUROC vs max
@@ -95,6 +96,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.amp = normalise_amp(self.amp)
         for flag, value, choices in (
             ("--lr-schedule", self.lr_schedule, LR_SCHEDULES),
             ("--loss-scale", self.loss_scale, tuple(LOSS_SCALES)),
@@ -356,8 +358,8 @@ def train(cfg: TrainConfig) -> Path:
     optimizer = torch.optim.SGD(
         model.student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast = resolve_autocast(cfg.amp, device)
+    scaler = autocast.grad_scaler()
     train_set, val_set = _loaders(cfg, model_cfg)
     schedule = Schedule.of(cfg, len(train_set))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.effective(schedule), sort_keys=False))
@@ -367,7 +369,7 @@ def train(cfg: TrainConfig) -> Path:
         logger.info("resumed %s at epoch %d", out / "last.ckpt", start_epoch)
     logger.info(
         "training %s on %d images (%d for validation), %d SGD steps = %d epochs of %d steps "
-        "(lr %s, loss %s, best by %s, augment %s), device %s",
+        "(lr %s, loss %s, best by %s, augment %s), device %s, autocast %s",
         cfg.backbone,
         len(train_set),
         len(val_set),
@@ -379,12 +381,13 @@ def train(cfg: TrainConfig) -> Path:
         cfg.val_criterion,
         cfg.augment,
         device,
+        autocast.name,
     )
     cache = teacher_cache(cfg, model, len(train_set))
     val_cache = TeacherFeatureCache(model, len(val_set))
     for epoch in range(start_epoch, schedule.epochs):
         train_loss, ips = _train_epoch(
-            model, optimizer, scaler, train_set, cfg, epoch, device, use_amp, cache, schedule
+            model, optimizer, scaler, train_set, cfg, epoch, device, autocast, cache, schedule
         )
         val = _validate(model, val_set, cfg, device, val_cache)
         improved = val[_criterion_key(cfg)] < best
@@ -403,7 +406,7 @@ def train(cfg: TrainConfig) -> Path:
         save_checkpoint(out / "last.ckpt", model, None, optimizer=optimizer.state_dict(), **fields_)
         _log_epoch(out, epoch, train_loss, val, ips, improved, schedule)
     best_ckpt = _calibrate_best(out, val_set, cfg, device)
-    _write_summary(out, cfg, schedule, cache)
+    _write_summary(out, cfg, schedule, cache, autocast)
     return best_ckpt
 
 
@@ -416,7 +419,11 @@ def teacher_cache(cfg: TrainConfig, model: STPM, num_images: int) -> TeacherFeat
 
 
 def _write_summary(
-    out: Path, cfg: TrainConfig, schedule: Schedule, cache: TeacherFeatureCache | None
+    out: Path,
+    cfg: TrainConfig,
+    schedule: Schedule,
+    cache: TeacherFeatureCache | None,
+    autocast: Autocast,
 ) -> None:
     """``train_summary.json``: the recipe as run, its length and the chosen epoch (1-based)."""
     best = load_checkpoint(out / "best.ckpt")
@@ -432,6 +439,7 @@ def _write_summary(
         "loss_scale": cfg.loss_scale,
         "val_criterion": cfg.val_criterion,
         "augment": cfg.augment,
+        "autocast": autocast.name,  # what --amp resolved to on this device
         "teacher_cache": bool(cache is not None and cache.enabled),
         "best_epoch": int(best["epoch"]) + 1,
         "best_val": float(best.get("best_val", best.get("best_val_loss", math.nan))),
@@ -487,7 +495,7 @@ class TeacherFeatureCache:
 
 
 def _train_epoch(
-    model, optimizer, scaler, dataset, cfg, epoch, device, use_amp, cache=None, schedule=None
+    model, optimizer, scaler, dataset, cfg, epoch, device, autocast, cache=None, schedule=None
 ) -> tuple[float, float]:
     """One epoch: (mean train loss in the paper's scale, images per second).
 
@@ -521,8 +529,9 @@ def _train_epoch(
         x = batch["image"].to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, batch["index"], epoch)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            teacher_feats = cache.get(model, x, batch["index"]) if cache is not None else None
+        # cached teacher features are computed once, in float32 (mixed_precision's doc)
+        teacher_feats = cache.get(model, x, batch["index"]) if cache is not None else None
+        with autocast.context():
             loss = model.loss(x, teacher_feats, scale)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -180,6 +180,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     import torch
 
     from stpm_edge.data.torch_dataset import ImageDataset
+    from stpm_edge.mixed_precision import resolve_autocast
     from stpm_edge.train import TrainConfig, _train_epoch, resolve_device
 
     known = set(TrainConfig.__dataclass_fields__)
@@ -195,12 +196,12 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     optimizer = torch.optim.SGD(
         model.student.parameters(), lr=lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay
     )
-    use_amp = tcfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    autocast = resolve_autocast(tcfg.amp, device)
+    scaler = autocast.grad_scaler()
     torch.manual_seed(cfg.seed)
     losses = []
     for epoch in range(cfg.epochs):
-        loss, _ = _train_epoch(model, optimizer, scaler, dataset, tcfg, epoch, device, use_amp)
+        loss, _ = _train_epoch(model, optimizer, scaler, dataset, tcfg, epoch, device, autocast)
         losses.append(loss)
         logger.info("tune epoch %d/%d: train loss %.4f", epoch + 1, cfg.epochs, loss)
     model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from stpm_edge import anomaly_map as am
 from stpm_edge.errors import ConfigError
 from stpm_edge.model import STPM, ModelConfig
 
@@ -101,3 +102,18 @@ def test_convolutions_run_channels_last(model: STPM) -> None:
     x = torch.randn(2, 3, 32, 32)
     for a, b in zip(model.features(x)[1], other.features(x)[1]):
         torch.testing.assert_close(a, b)
+
+
+def test_training_loss_stays_float32_under_autocast(model: STPM) -> None:
+    """Training's bf16/fp16 autocast covers the student only: the loss's channel sums are
+    convolutions, which autocast would run in bf16 and lose digits (fp16: overflow)."""
+    torch.manual_seed(1)
+    x = 3.0 * torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        teacher = model.teacher(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            student = model.student(x)
+            loss = model.loss(x, teacher)
+    expected = am.stpm_loss(teacher, [s.float() for s in student])
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0.0)

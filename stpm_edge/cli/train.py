@@ -142,11 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--device", help=f"'auto', 'cpu' or 'cuda[:N]' (default: {d.device})")
     o.add_argument(
-        "--no-amp",
-        dest="amp",
-        action="store_const",
-        const=False,
-        help="disable fp16 mixed precision on CUDA",
+        "--amp",
+        metavar="{auto,bf16,fp16,off}",
+        help="mixed precision of the student's step: 'auto' = fp16 on CUDA, bf16 on CPUs with "
+        f"native bf16 (AVX-512 BF16, AMX), else off (default: {d.amp})",
+    )
+    o.add_argument(
+        "--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off"
     )
     o.add_argument(
         "--workers", type=int, help=f"data-loader worker processes (default: {d.workers})"
