@@ -91,6 +91,9 @@ OPS: dict[str, frozenset[int]] = {
     "QuantizeLinear": FLOATS,
     "ReduceMax": NUMERIC,
     "ReduceMean": NUMERIC,
+    # "ReduceMin | Y | FP32, FP16, BF16, INT32, INT64 | `axes` must be an initializer" (the local
+    # colour map's nearest candidate)
+    "ReduceMin": NUMERIC,
     "ReduceSum": NUMERIC,
     "Relu": NUMERIC,
     "Reshape": ANY,
@@ -113,6 +116,7 @@ OPS: dict[str, frozenset[int]] = {
 CONSTANT_INPUTS: dict[str, dict[int, str]] = {
     "ReduceMax": {1: "axes"},
     "ReduceMean": {1: "axes"},
+    "ReduceMin": {1: "axes"},
     "ReduceSum": {1: "axes"},
     "Slice": {3: "axes"},
     "Squeeze": {1: "axes"},

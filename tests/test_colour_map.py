@@ -24,9 +24,7 @@ def texture(rng: np.random.Generator, n: int, size: int = SIZE) -> torch.Tensor:
 
 def fitted(mode: str = "texture", n: int = 24, seed: int = 0) -> cm.ColourMap:
     cells = cm.cell_colours(texture(np.random.default_rng(seed), n), cm.cell_window(SIZE))
-    mean, precision = cm.fit_statistics(cells, mode)
-    stats = cm.ColourStats(mode, mean, precision)
-    return cm.ColourMap(stats, SIZE, [0.5] * 3, [0.5] * 3)
+    return cm.ColourMap(cm.statistics(cells, mode), SIZE, [0.5] * 3, [0.5] * 3)
 
 
 def region_cells(top: int, left: int, side: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -175,3 +173,39 @@ def test_cells_are_the_box_mean_of_one_window(size: int) -> None:
     got = cm.cell_colours(rgb, window)
     assert got.shape == (2, 3, cm.GRID, cm.GRID)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_local_distance_is_the_nearest_whitened_candidate() -> None:
+    """The MatMul + ReduceMin form equals the brute-force minimum over every candidate."""
+    colour = fitted("local", n=6)
+    cells = cm.cell_colours(texture(np.random.default_rng(5), 2), cm.cell_window(SIZE))
+    got = colour.distance(cells)
+    w, candidates = colour.stats.precision[:, :, 0, 0], colour.stats.mean  # W, (K, 3, g, g)
+    z = torch.einsum("ij,bjhw->bihw", w, cells - colour.stats.centre)
+    brute = ((z.unsqueeze(1) - candidates.unsqueeze(0)) ** 2).sum(2).amin(1, keepdim=True)
+    assert candidates.shape[0] == 6 * (2 * cm.RADIUS + 1) ** 2
+    torch.testing.assert_close(got, brute, rtol=1e-4, atol=1e-4)
+
+
+def test_local_mode_tolerates_a_shift_of_radius_cells_and_no_more() -> None:
+    """A colour seen in training RADIUS cells away scores 0; one seen only further away does not
+    (the pose jitter the mode forgives, and no more)."""
+    g, r = cm.GRID, cm.RADIUS
+    good = torch.full((2, 3, g, g), 1.0) + 0.01 * torch.randn(2, 3, g, g)
+    good[:, 0, 10, 10] = 1.5  # a red spot at (10, 10) in training
+    colour = cm.ColourMap(cm.statistics(good, "local"), SIZE, [0.5] * 3, [0.5] * 3)
+    probe = good[:1].clone()
+    probe[:, :, 10, 10] = good[0, :, 10, 11]
+    probe[:, :, 10, 10 + r] = good[0, :, 10, 10]  # the spot, shifted by RADIUS cells
+    probe[:, :, 20, 20] = good[0, :, 10, 10]  # the spot, far from where it was seen
+    d = colour.distance(probe)[0, 0]
+    assert d[10, 10 + r] < 1e-3 and d[20, 20] > 100.0 * d[10, 10 + r] + 1.0
+
+
+def test_local_payload_round_trip_and_wrong_shapes() -> None:
+    entry = fitted("local", n=4).stats.to_payload()
+    back = cm.ColourStats.from_payload(entry)
+    assert back.mode == "local" and torch.equal(back.mean, torch.as_tensor(entry["mean"]))
+    for broken in ({"precision": torch.eye(3).view(3, 3, 1, 1)[:2]}, {"centre": None}):
+        with pytest.raises(CheckpointError, match="not readable here"):
+            cm.ColourStats.from_payload({**entry, **broken})

@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint written by stpm-train")
     p.add_argument(
-        "--mode", choices=["texture", "aligned", "off"], default="texture", help="statistics kind"
+        "--mode",
+        choices=["texture", "aligned", "local", "off"],
+        default="texture",
+        help="statistics kind",
     )
     add_output_args(p, required=True, help="the new checkpoint (a .ckpt file)")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")

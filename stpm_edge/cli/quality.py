@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     colour.add_argument("source", type=Path, help="a recipe folder made by `run`")
     colour.add_argument("--out", required=True, type=Path, help="the new recipe folder")
-    colour.add_argument("--mode", choices=["texture", "aligned"], default="texture")
+    colour.add_argument("--mode", choices=["texture", "aligned", "local"], default="texture")
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
     summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")

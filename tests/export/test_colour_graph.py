@@ -35,8 +35,15 @@ def stain(rgb: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def model():
+# every constant a mode puts in the graph, by its initializer name
+CONSTANTS = {
+    "texture": {"colour.mean": "mean", "colour.precision": "precision"},
+    "local": {"colour.whiten": "whiten", "colour.bank": "bank", "colour.bank_norm": "bank_norm"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONSTANTS))
+def model(request):
     import torch
 
     from stpm_edge import colour_map as cm
@@ -45,7 +52,7 @@ def model():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     m = STPM(ModelConfig(image_size=SIZE, teacher_weights="random")).eval()
-    m.colour = cm.fit_colour_map(m, frames(0, 12), frames(1, 6), "texture")
+    m.colour = cm.fit_colour_map(m, frames(0, 12), frames(1, 6), request.param)
     return m
 
 
@@ -139,7 +146,7 @@ def test_every_tensorrt_variant_passes_and_keeps_the_colour_map_in_float32(
         assert [n.op_type for n in readers] == ["Cast"]
     inits = {i.name: i for i in graph.graph.initializer}
     colour = {n: i for n, i in inits.items() if n.startswith("colour.")}
-    assert {"colour.mean", "colour.precision", "colour.scale"} <= colour.keys()
+    assert {*CONSTANTS[model.colour.mode], "colour.scale"} <= colour.keys()
     assert all(i.data_type == TensorProto.FLOAT for i in colour.values())
     # the cell means are two AveragePools on float32: never quantised (INT8 quantises only the
     # backbones) and never in half (FP16 runs only the backbones in half)
@@ -187,13 +194,13 @@ def test_switched_off_leaves_no_trace(model, graphs) -> None:
     meta = G.read_metadata(b)
     assert meta["stpm.colour_map"] == '{"mode": "off"}'
     on = G.read_metadata(build(model, graphs))
-    assert '"mode": "texture"' in on["stpm.colour_map"]
+    assert f'"mode": "{model.colour.mode}"' in on["stpm.colour_map"]
 
 
 def test_colour_constants_are_named_initializers(model, graphs) -> None:
     graph = build(model, graphs)
     inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
-    np.testing.assert_array_equal(inits["colour.precision"], model.colour.precision.numpy())
-    np.testing.assert_array_equal(inits["colour.mean"], model.colour.mean.numpy())
+    for name, buffer in CONSTANTS[model.colour.mode].items():
+        np.testing.assert_array_equal(inits[name], getattr(model.colour, buffer).numpy())
     assert float(inits["colour.stpm_scale"]) == pytest.approx(model.colour.stats.stpm_scale)
     assert float(inits["colour.scale"]) == pytest.approx(model.colour.stats.colour_scale)
