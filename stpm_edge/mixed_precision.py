@@ -1,23 +1,29 @@
 """Mixed precision for training (``stpm-train --amp``): which autocast dtype a device gets.
 
-- ``auto`` (the default): float16 on CUDA (with a gradient scaler, as before); bfloat16 on a CPU
-  with native bf16 dot products (AVX-512 BF16 or AMX), where oneDNN runs the student's step 1.4x
-  faster (``benchmarks/reports/cpu-epyc-2core/train_speed``); float32 on other CPUs, where bf16 is
-  emulated and slower than float32.
-- ``bf16`` / ``fp16``: that dtype wherever it is supported; ``off``: float32.
+- ``auto`` (the default): float16 on CUDA, with a gradient scaler; float32 on a CPU.
+- ``bf16``: bfloat16 autocast, on CUDA or on a CPU. On a CPU it pays only where the CPU computes
+  bf16 dot products natively (AVX-512 BF16, AMX): on this project's 2-core EPYC the student's
+  step alone ran 1.5x faster and ``stpm-train``'s epoch loop 1.28x
+  (``benchmarks/reports/cpu-epyc-2core/train_speed``). It changes the training numerics, and it
+  is not the CPU default until the benchmark's three seeds say it keeps the quality; a CPU
+  without native bf16 warns (emulated, it is slower than float32).
+- ``fp16``: float16, CUDA only; ``off``: float32.
 
 Only the student's forward runs in the low precision: cached teacher features are computed once
 in float32, and the loss (normalisation, distances) is float32 whatever comes in
-(``anomaly_map.scale_distance``), so the training targets keep their precision.
+(``STPM.loss`` leaves autocast for it), so the training targets keep their precision.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from stpm_edge.errors import ConfigError, note
+
+logger = logging.getLogger(__name__)
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
@@ -80,6 +86,8 @@ def resolve_autocast(amp: str, device: torch.device) -> Autocast:
                 "use --amp bf16 (or auto) on a CPU, or --device cuda",
             )
         )
-    if amp == "bf16" or cpu_has_native_bf16():
+    if amp == "bf16":
+        if not cpu_has_native_bf16():
+            logger.warning("--amp bf16: this CPU has no native bf16; expect it slower than float32")
         return Autocast(device.type, torch.bfloat16)
-    return Autocast(device.type, None)
+    return Autocast(device.type, None)  # auto on a CPU: float32

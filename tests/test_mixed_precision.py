@@ -18,12 +18,14 @@ def _native_bf16(monkeypatch, value: bool) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: value)
 
 
-def test_auto_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch) -> None:
+def test_cpu_default_stays_float32_and_bf16_is_asked_for(monkeypatch, caplog) -> None:
     _native_bf16(monkeypatch, True)
-    assert resolve_autocast("auto", CPU).dtype == torch.bfloat16
-    _native_bf16(monkeypatch, False)  # emulated bf16 is slower than float32: stay float32
     assert resolve_autocast("auto", CPU).dtype is None
-    assert resolve_autocast("bf16", CPU).dtype == torch.bfloat16  # asked for explicitly
+    assert resolve_autocast("bf16", CPU).dtype == torch.bfloat16
+    assert not caplog.records
+    _native_bf16(monkeypatch, False)  # emulated bf16 is slower than float32: said, still done
+    assert resolve_autocast("bf16", CPU).dtype == torch.bfloat16
+    assert "no native bf16" in caplog.text
 
 
 def test_cuda_keeps_fp16_with_a_grad_scaler_and_bf16_without() -> None:

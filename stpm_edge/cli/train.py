@@ -97,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--colour-map",
-        choices=["auto", "off", "texture", "aligned"],
-        help="colour statistics map for stains STPM cannot see, fitted after training on the "
-        "same images: 'texture' (one set of statistics for every position) or 'aligned' (per "
-        "position, parts in a fixed pose); 'auto': aligned when --image-size is a multiple of "
-        f"64, else off; stpm-colour adds it to older runs (default: {d.colour_map})",
+        choices=["auto", "off", "texture", "aligned", "local"],
+        help="colour map for stains STPM cannot see, fitted after training on the same images: "
+        "'local' (each cell against the nearest training colour within one cell: parts with "
+        "pose jitter, busy textures), 'aligned' (a Gaussian per cell: faster on a CPU, sharper "
+        "pixel maps on fine textures) or 'texture' (one Gaussian for every cell); 'auto': local "
+        "when --image-size is a multiple of 64, else off; stpm-colour adds it to older runs "
+        f"(default: {d.colour_map})",
     )
     o = p.add_argument_group("optimisation")
     o.add_argument(
@@ -144,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--amp",
         metavar="{auto,bf16,fp16,off}",
-        help="mixed precision of the student's step: 'auto' = fp16 on CUDA, bf16 on CPUs with "
-        f"native bf16 (AVX-512 BF16, AMX), else off (default: {d.amp})",
+        help="mixed precision of the student's step: 'auto' = fp16 on CUDA, float32 on a CPU; "
+        f"'bf16' on CUDA or on CPUs with native bf16 (AVX-512 BF16, AMX) (default: {d.amp})",
     )
     o.add_argument(
         "--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off"
