@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates benchmarks/reports/$NAME/colour_map_cost: the colour map's latency (issue 10).
-# A checkpoint without and with the colour map (fitted post hoc, texture mode), each exported
-# FP32 and INT8 (--target cpu), timed in one stpm-bench run with interleaved rounds. CKPT defaults
-# to the demo's brick checkpoint at the default map resolution, as cpu_reports.sh writes it
-# (run that first, STAGE=export is enough); the dev extra (openvino) is needed.
+# A checkpoint without the colour map (plain) and with it in each of MODES (fitted post hoc),
+# each exported FP32 and INT8 (--target cpu), timed in one stpm-bench run with interleaved rounds.
+# CKPT defaults to the demo's brick checkpoint at the default map resolution, as cpu_reports.sh
+# writes it (run that first, STAGE=export is enough); the dev extra (openvino) is needed.
 # STAGE=export|bench|all as in cpu_reports.sh; run the bench stage on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -12,16 +12,22 @@ NAME=${NAME:-cpu-epyc-2core}
 WORK=${WORK:-runs/colour_cost}
 B=.venv/bin
 CAL=demo_out/data/brick/train/good
+MODES=${MODES:-aligned local}
+VARIANTS="plain $(printf 'colour_%s ' $MODES)"
 mkdir -p "$WORK"
 if [ "$STAGE" != bench ]; then
   cp "${CKPT:-runs/cpu_reports/lite0_feature.ckpt}" "$WORK/plain.ckpt"
-  $B/stpm-colour "$WORK/plain.ckpt" --mode texture --out "$WORK/colour.ckpt" --force -q
-  for v in plain colour; do
+  for m in $MODES; do
+    $B/stpm-colour "$WORK/plain.ckpt" --mode "$m" --out "$WORK/colour_$m.ckpt" --force -q
+  done
+  for v in $VARIANTS; do
     $B/stpm-export "$WORK/$v.ckpt" -o "$WORK/${v}_fp32.onnx" --force -q
     $B/stpm-export "$WORK/$v.ckpt" -o "$WORK/${v}_int8.onnx" --int8 --target cpu --calib $CAL --force -q
   done
 fi
 [ "$STAGE" = export ] && exit 0
-$B/stpm-bench "$WORK"/plain_fp32.onnx "$WORK"/colour_fp32.onnx "$WORK"/plain_int8.onnx "$WORK"/colour_int8.onnx \
-  --backend ort-cpu,openvino --batch 1 --threads 2 --warmup 10 --seconds 8 --rounds 4 --profile \
+GRAPHS=()
+for p in fp32 int8; do for v in $VARIANTS; do GRAPHS+=("$WORK/${v}_$p.onnx"); done; done
+$B/stpm-bench "${GRAPHS[@]}" \
+  --backend ort-cpu,openvino --batch 1 --threads 2 --warmup 10 --seconds ${SECONDS_EACH:-5} --rounds 3 --profile \
   --profile-iters 20 --name "$NAME" --no-plots --force --out "benchmarks/reports/$NAME/colour_map_cost"
