@@ -31,9 +31,9 @@ checkpoint):
 
 All maths is float32 (the exported graph's FP16/INT8 backbones never touch it) and uses only
 TensorRT-parsable ops (Pad and two AveragePools for the cell means, TopK + Slice for the median,
-Sub, Mul, ReduceSum, Div, Relu, Resize; ``local`` adds a batched MatMul and ReduceMin). The one implementation serves PyTorch evaluation
-(``STPM.score_map``) and export (``FusedSTPM``); the fitted constants become named initializers
-(``colour.*``).
+Sub, Mul, ReduceSum, Div, Relu, Resize; ``local`` adds a batched MatMul and a ReduceMin). The one
+implementation serves PyTorch evaluation (``STPM.score_map``) and export (``FusedSTPM``); the
+fitted constants become named initializers (``colour.*``).
 """
 
 from __future__ import annotations
@@ -232,9 +232,9 @@ def local_distance(
     ``centre`` (1, 3, 1, 1) is the good cells' mean colour and ``whiten`` (1, 3, 3, 1, 1) W: the
     cells are compared as ``z = W (cell - centre)``, a few units from 0 (uncentred, |z|^2 ran to
     1e4 and float32 rounding of the expansion below reached 1e-3, a good cell's whole distance).
-    ``bank`` (g*g, 3, K) holds ``-2 c`` of each cell's K whitened
-    candidates ``c`` and ``bank_norm`` (g*g, 1, K) their ``|c|^2``, so that ``|z - c|^2 =
-    |z|^2 + (-2 c).z + |c|^2`` is one batched MatMul per cell (1 x 3 by 3 x K) and a ReduceMin:
+    ``bank`` (g*g, 3, K) holds ``-2 c`` of each cell's K whitened candidates ``c`` and
+    ``bank_norm`` (g*g, 1, K) their ``|c|^2``, so that ``|z - c|^2 = |z|^2 + (-2 c).z + |c|^2``
+    is one batched MatMul per cell (1 x 3 by 3 x K) and a ReduceMin:
     broadcasting the difference instead wrote (B, K, 3, g, g) floats and ran 10x slower on ONNX
     Runtime. Clamped at 0, which rounding can undercut where a colour equals a candidate.
     """
@@ -257,8 +257,7 @@ class ColourMap(nn.Module):
     ) -> None:
         super().__init__()
         self.stats = stats
-        # in the graph: initializers colour.mean, colour.precision, colour.stpm_scale,
-        # colour.scale (the submodule's name is part of them)
+        # in the graph: initializers colour.<buffer> (the submodule's name is part of them)
         self.window = cell_window(image_size)
         if stats.mode == "local":  # colour.centre, colour.whiten, colour.bank, colour.bank_norm
             candidates = stats.mean.float().flatten(2).permute(2, 1, 0)  # (g*g, 3, K)

@@ -78,7 +78,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # stpm_edge.mixed_precision; a bool in checkpoints written before 0.x
+    amp: str = "auto"  # stpm_edge.mixed_precision (older checkpoints hold a bool: normalise_amp)
     workers: int = 0
     blur_sigma: float = 4.0  # ablation in README: +0.009 pixel AUROC on the demo set
     score_reduction: str = "topk"  # mean of the top 1 % pixels: +0.09 image AUROC vs max
