@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import torch
+from timing_common import environment, interleaved
 
-from stpm_edge.benchmarks.environment import cpu_info
 from stpm_edge.mixed_precision import resolve_autocast
 from stpm_edge.model import STPM
 from stpm_edge.train import TeacherFeatureCache, TrainConfig, _loaders, _train_epoch
@@ -51,15 +51,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
     cfg = TrainConfig(data=args.data, category=args.category, progress=False)
-    rounds = {amp: [] for amp in SETTINGS}
-    for _ in range(args.rounds):
-        for amp in SETTINGS:
-            rounds[amp].append(seconds_per_epoch(cfg, amp, args.epochs))
+    rounds = interleaved(
+        SETTINGS, lambda amp: seconds_per_epoch(cfg, amp, args.epochs), args.rounds
+    )
     best = {amp: min(s) for amp, s in rounds.items()}
     report = {
-        "cpu": {k: v for k, v in cpu_info().items() if k != "flags"},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **environment(),
         "category": args.category,
         "batch_size": cfg.batch_size,
         "epochs_per_round": args.epochs,

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from timing_common import environment, interleaved
 
 from stpm_edge import anomaly_map as am
-from stpm_edge.benchmarks.environment import cpu_info
 from stpm_edge.model import STPM, ModelConfig
 
 # variant -> (weight layout, bf16 autocast); bf16 is a numerics change, timed for comparison only
@@ -64,15 +64,12 @@ def main() -> None:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     with torch.no_grad():
         teacher = model.teacher(x)
-    rounds = {variant: [] for variant in VARIANTS}
-    for _ in range(args.rounds):
-        for variant in VARIANTS:
-            rounds[variant].append(step_seconds(model, x, teacher, variant, args.steps))
+    rounds = interleaved(
+        VARIANTS, lambda variant: step_seconds(model, x, teacher, variant, args.steps), args.rounds
+    )
     best = {variant: min(seconds) for variant, seconds in rounds.items()}
     report = {
-        "cpu": {k: v for k, v in cpu_info().items() if k != "flags"},
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **environment(),
         "batch_size": args.batch_size,
         "image_size": args.image_size,
         "seconds_per_step": rounds,
