@@ -147,14 +147,14 @@ def test_other_map_settings_re_measure_the_stpm_scale(colour_ckpt, demo_data, tm
     assert sharp["colour_map"]["colour_scale"] == payload[cm.PAYLOAD_KEY]["colour_scale"]
 
 
-def test_default_colour_map_is_local_where_the_size_grids() -> None:
-    """--colour-map auto (the default): local at 256 or 64 px; at 96 px, which the grid cannot
+def test_default_colour_map_is_aligned_where_the_size_grids() -> None:
+    """--colour-map auto (the default): aligned at 256 or 64 px; at 96 px, which the grid cannot
     divide, off rather than an error the user did not ask for."""
     from stpm_edge.train import TrainConfig
 
     assert TrainConfig().colour_map == "auto"
-    assert TrainConfig(data="x", image_size=256).colour_mode() == "local"
-    assert TrainConfig(data="x", image_size=64).colour_mode() == "local"
+    assert TrainConfig(data="x", image_size=256).colour_mode() == "aligned"
+    assert TrainConfig(data="x", image_size=64).colour_mode() == "aligned"
     assert TrainConfig(data="x", image_size=96).colour_mode() is None
     assert TrainConfig(data="x", colour_map="off").colour_mode() is None
     assert TrainConfig(data="x", colour_map="texture").colour_mode() == "texture"

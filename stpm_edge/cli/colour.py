@@ -15,13 +15,14 @@ STPM's channel-normalised features cannot see stains that only change the colour
 intensity; the colour map (stpm_edge/colour_map.py) can. It is fitted post hoc — the student is
 not retrained: colour statistics of the checkpoint's training images (its recorded data and
 split), fusion scales from its validation images, then the thresholds are re-calibrated on the
-fused map. --mode local (each cell against the nearest training colour within one cell:
-stpm-train's default), texture (one set of statistics for every position) or aligned (per
-position: parts in a fixed pose); off writes a copy without it (ablation).
+fused map. --mode aligned (per position: stpm-train's default), texture (one set of statistics
+for every position) or local (each cell against the nearest training colour within one cell:
+finds more, but compression the training images did not have reads as a stain); off writes a
+copy without it (ablation).
 stpm-export puts it into the one graph; stpm-eval --no-colour-map ablates it.
 
 example:
-  stpm-colour runs/brick/best.ckpt --mode local --out runs/brick/colour.ckpt
+  stpm-colour runs/brick/best.ckpt --mode aligned --out runs/brick/colour.ckpt
 """
 
 

@@ -99,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--colour-map",
         choices=["auto", "off", "texture", "aligned", "local"],
         help="colour map for stains STPM cannot see, fitted after training on the same images: "
-        "'local' (each cell against the nearest training colour within one cell: parts with "
-        "pose jitter, busy textures), 'aligned' (a Gaussian per cell: faster on a CPU, sharper "
-        "pixel maps on fine textures) or 'texture' (one Gaussian for every cell); 'auto': local "
-        "when --image-size is a multiple of 64, else off; stpm-colour adds it to older runs "
+        "'aligned' (a Gaussian per cell), 'texture' (one Gaussian for every cell) or 'local' "
+        "(each cell against the nearest training colour within one cell: finds more, but only "
+        "when the training images are encoded as the live frames); 'auto': aligned when "
+        "--image-size is a multiple of 64, else off; stpm-colour adds it to older runs "
         f"(default: {d.colour_map})",
     )
     o = p.add_argument_group("optimisation")
