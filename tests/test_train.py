@@ -208,3 +208,18 @@ def test_yaml_not_a_mapping_or_missing(tmp_path: Path) -> None:
         TrainConfig.from_sources(str(tmp_path / "list.yaml"))
     with pytest.raises(ConfigError, match="not found"):
         TrainConfig.from_sources(str(tmp_path / "absent.yaml"))
+
+
+def test_bf16_resume_reproduces_the_uninterrupted_bf16_run(demo_data, tmp_path: Path) -> None:
+    """--amp bf16 on a CPU: the student's step runs in bf16 (recorded), and resuming still ends
+    with the same weights as an uninterrupted run."""
+    bf16 = ["--amp", "bf16"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert train_main(tiny_args(demo_data.root, full, epochs=2) + bf16) == 0
+    assert train_main(tiny_args(demo_data.root, resumed, epochs=1) + bf16) == 0
+    assert train_main(tiny_args(demo_data.root, resumed, epochs=2) + bf16 + ["--resume"]) == 0
+    assert json.loads((full / "train_summary.json").read_text())["autocast"] == "bf16"
+    a, b = load_checkpoint(full / "last.ckpt"), load_checkpoint(resumed / "last.ckpt")
+    for key, value in a["student"].items():
+        assert torch.equal(value, b["student"][key]), key
+    assert a["train_config"]["amp"] == "bf16"
