@@ -180,3 +180,24 @@ def test_seed_gains_pair_the_recipes_by_seed():
     gains = seed_gains(base, new, "image_auroc")
     assert gains == pytest.approx({0: 0.05, 1: 0.05, 2: 0.06})
     assert new["mean"]["image_auroc"][1] == pytest.approx(0.1, abs=1e-3)  # spread of the means
+
+
+def test_worst_category_change_is_reported_for_every_metric() -> None:
+    """A recipe can gain image AUROC everywhere and still lose AU-PRO on one category: the
+    summary names the worst category per metric."""
+    from stpm_edge.quality import _worst_changes
+
+    def recipe(values: dict[str, tuple[float, float, float]]) -> dict:
+        return {
+            "categories": {
+                c: {"image_auroc": [i, 0.0], "pixel_auroc": [p, 0.0], "aupro": [a, 0.0]}
+                for c, (i, p, a) in values.items()
+            }
+        }
+
+    base = recipe({"brick": (0.90, 0.90, 0.90), "gravel": (0.70, 0.80, 0.70)})
+    new = recipe({"brick": (0.95, 0.91, 0.92), "gravel": (0.76, 0.79, 0.67)})
+    worst = _worst_changes(base, new)
+    assert worst["image_auroc"][0] == "brick" and worst["image_auroc"][1] == pytest.approx(0.05)
+    assert worst["pixel_auroc"][0] == "gravel" and worst["pixel_auroc"][1] == pytest.approx(-0.01)
+    assert worst["aupro"][0] == "gravel" and worst["aupro"][1] == pytest.approx(-0.03)
