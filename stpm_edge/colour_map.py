@@ -50,11 +50,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from stpm_edge import anomaly_map as am
+from stpm_edge.choices import COLOUR_MODES
 from stpm_edge.errors import CheckpointError, ConfigError, DataError, note
 
 logger = logging.getLogger(__name__)
 
-MODES = ("texture", "aligned", "local")
+MODES = COLOUR_MODES
 PAYLOAD_KEY = "colour_map"  # the checkpoint entry; absent = no colour map (older checkpoints)
 GRID = 32  # cells per side, at any image size (window and stride scale with the image)
 # Window in strides: 2 (16 px at 256 px). Colour map alone, image AUROC on the benchmark (seed 0,

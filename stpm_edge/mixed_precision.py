@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from stpm_edge.choices import AMP_CHOICES
 from stpm_edge.errors import ConfigError, note
 
 logger = logging.getLogger(__name__)
-
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 def cpu_has_native_bf16() -> bool:

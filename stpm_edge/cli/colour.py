@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from stpm_edge.choices import COLOUR_MODES
 from stpm_edge.cli.args import add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint written by stpm-train")
     p.add_argument(
         "--mode",
-        choices=["texture", "aligned", "local", "off"],
+        choices=[*COLOUR_MODES, "off"],
         default="texture",
         help="statistics kind",
     )

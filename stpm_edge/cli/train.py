@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from stpm_edge.choices import AMP_CHOICES, COLOUR_MODES
 from stpm_edge.cli.args import add_config_args, add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--colour-map",
-        choices=["auto", "off", "texture", "aligned", "local"],
+        choices=["auto", "off", *COLOUR_MODES],
         help="colour map for stains STPM cannot see, fitted after training on the same images: "
         "'aligned' (a Gaussian per cell), 'texture' (one Gaussian for every cell) or 'local' "
         "(each cell against the nearest training colour within one cell: finds more, but only "
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--device", help=f"'auto', 'cpu' or 'cuda[:N]' (default: {d.device})")
     o.add_argument(
         "--amp",
-        metavar="{auto,bf16,fp16,off}",
+        choices=AMP_CHOICES,
         help="mixed precision of the student's step: 'auto' = fp16 on CUDA, float32 on a CPU; "
         f"'bf16' on CUDA or on CPUs with native bf16 (AVX-512 BF16, AMX) (default: {d.amp})",
     )

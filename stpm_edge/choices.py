@@ -1,0 +1,5 @@
+"""Choices shared by the library and its command lines. Importable without torch: the CLIs build
+their parsers (and print ``--help``) before anything imports torch."""
+
+COLOUR_MODES = ("texture", "aligned", "local")  # stpm_edge.colour_map
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # stpm_edge.mixed_precision
