@@ -3,3 +3,4 @@ their parsers (and print ``--help``) before anything imports torch."""
 
 COLOUR_MODES = ("texture", "aligned", "local")  # stpm_edge.colour_map
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # stpm_edge.mixed_precision
+HOST_MEMORY_CHOICES = ("retain", "system")  # stpm_edge.host_memory

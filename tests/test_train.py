@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from stpm_edge.cli.train import main as train_main
 from stpm_edge.errors import ConfigError, OutputExistsError
 from stpm_edge.train import TrainConfig, train
 
+GLIBC = platform.libc_ver()[0] == "glibc"
 CALIBRATION_KEYS = {"image_threshold", "pixel_threshold", "score_min", "score_max", "source"}
 
 
@@ -223,3 +227,19 @@ def test_bf16_resume_reproduces_the_uninterrupted_bf16_run(demo_data, tmp_path: 
     for key, value in a["student"].items():
         assert torch.equal(value, b["student"][key]), key
     assert a["train_config"]["amp"] == "bf16"
+
+
+def test_host_memory_setting_changes_no_number(demo_data, tmp_path: Path) -> None:
+    """--host-memory only changes where freed memory goes: the same run ends with the same
+    weights with glibc's own allocator and with freed blocks retained. Child processes, because
+    retaining cannot be undone in a process (and this one's thread settings are pytest's)."""
+    weights = {}
+    for mode in ("system", "retain"):
+        out = tmp_path / mode
+        args = tiny_args(demo_data.root, out, epochs=2) + ["--host-memory", mode]
+        subprocess.run([sys.executable, "-m", "stpm_edge.cli.train", *args], check=True)
+        recorded = json.loads((out / "train_summary.json").read_text())["host_memory"]
+        assert recorded == ("system" if mode == "system" or not GLIBC else "retain")
+        weights[mode] = load_checkpoint(out / "last.ckpt")["student"]
+    for key, value in weights["system"].items():
+        assert torch.equal(value, weights["retain"][key]), key

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from stpm_edge.choices import AMP_CHOICES, COLOUR_MODES
+from stpm_edge.choices import AMP_CHOICES, COLOUR_MODES, HOST_MEMORY_CHOICES
 from stpm_edge.cli.args import add_config_args, add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off"
+    )
+    o.add_argument(
+        "--host-memory",
+        choices=HOST_MEMORY_CHOICES,
+        help="'retain': freed tensors stay in the process for the next step instead of going back "
+        "to the system and being page-faulted in again (glibc; the same numbers, a faster CPU "
+        "step, the peak memory kept until exit); 'system': the C library's own behaviour "
+        f"(default: {d.host_memory})",
     )
     o.add_argument(
         "--workers", type=int, help=f"data-loader worker processes (default: {d.workers})"
