@@ -1,12 +1,12 @@
 """Mixed precision for training (``stpm-train --amp``): which autocast dtype a device gets.
 
 - ``auto`` (the default): float16 on CUDA, with a gradient scaler; float32 on a CPU.
-- ``bf16``: bfloat16 autocast, on CUDA or on a CPU. On a CPU it pays only where the CPU computes
-  bf16 dot products natively (AVX-512 BF16, AMX): on this project's 2-core EPYC the student's
-  step alone ran 1.5x faster and ``stpm-train``'s epoch loop 1.28x
-  (``benchmarks/reports/cpu-epyc-2core/train_speed``). It changes the training numerics, and it
-  is not the CPU default until the benchmark's three seeds say it keeps the quality; a CPU
-  without native bf16 warns (emulated, it is slower than float32).
+- ``bf16``: bfloat16 autocast, on CUDA or on a CPU (a CPU without native bf16 warns: emulated,
+  it is slower than float32). On this project's 2-core EPYC (AVX-512 BF16) it does not pay: its
+  1.28x on ``stpm-train``'s epoch loop came mostly from moving half the bytes through page
+  faults, and with ``--host-memory retain`` (the default, ``stpm_edge.host_memory``) a whole bf16
+  training takes longer than float32's (``benchmarks/reports/cpu-epyc-2core/train_speed``). It
+  changes the training numerics, so it stays opt-in.
 - ``fp16``: float16, CUDA only; ``off``: float32.
 
 Only the student's forward runs in the low precision: cached teacher features are computed once
