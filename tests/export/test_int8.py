@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,11 +138,14 @@ def test_every_backbone_conv_and_only_those_are_quantised(int8) -> None:
         if n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear"
     ]
     backbone = [n for n in convs if in_backbone(n)]
-    stems = [n for n in backbone if "/_conv_stem/" in n.name]  # the cpu recipe's float stems
-    assert len(backbone) > 0 and len(stems) == 2  # teacher and student
-    assert {n.name for n in quantised} == {n.name for n in backbone} - {n.name for n in stems}
+    # the cpu recipe's float head: the stems and efficientnet_lite0's blocks 0-2
+    head = [n for n in backbone if re.search(r"/(_conv_stem|_blocks\.[012])/", n.name)]
+    stems = [n for n in head if "/_conv_stem/" in n.name]
+    assert len(backbone) > len(head) and len(stems) == 2  # teacher and student
+    assert len(head) == 2 * (1 + 2 + 3 + 3)  # stem; block 0: dw, project; 1, 2: expand, dw, project
+    assert {n.name for n in quantised} == {n.name for n in backbone} - {n.name for n in head}
     inits = {i.name: i for i in int8.graph.initializer}
-    assert all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in stems)
+    assert all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in head)
     # the blur convolutions of the tail keep plain float32 weights
     tail = [n for n in convs if not in_backbone(n)]
     assert tail and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in tail)
@@ -231,7 +235,7 @@ def test_float_stems_are_the_networks_first_convolutions_only() -> None:
     networks' own stems (teacher, student, or the stacked pair) stay float."""
     from onnx import helper
 
-    from stpm_edge.export.int8 import stem_nodes
+    from stpm_edge.export.int8 import float_nodes
 
     names = [
         "/pair/teacher/conv1/Conv",
@@ -244,4 +248,33 @@ def test_float_stems_are_the_networks_first_convolutions_only() -> None:
     graph = helper.make_graph(nodes, "g", [], [])
     model = helper.make_model(graph)
     model.metadata_props.add(key="stpm.backbone", value="resnet18")
-    assert stem_nodes(model, names) == names[:3]
+    assert float_nodes(model, names) == names[:3]
+
+
+def test_efficientnet_lite0_keeps_the_blocks_up_to_its_finest_feature_float() -> None:
+    """efficientnet_lite0's registry entry keeps blocks 0-2 float in the cpu INT8 graph (all of
+    their nodes, in every network), and nothing past them: _blocks.1 is not _blocks.10."""
+    from onnx import helper
+
+    from stpm_edge.export.int8 import float_nodes
+
+    kept = [
+        "/pair/teacher/_conv_stem/Conv",
+        "/pair/student/_blocks.0/_depthwise_conv/Conv",
+        "/pair/teacher/_blocks.1/_expand_conv/Conv",
+        "/pair/pair/_blocks.2/Add",
+        "/pair/student/_blocks.2/act/Clip",
+    ]
+    quantised = [
+        "/pair/teacher/_blocks.10/Add",
+        "/pair/student/_blocks.3/_project_conv/Conv",
+        "/pair/teacher/act/Clip",  # the stem's activation: 8-bit, as the stem-only recipe had it
+    ]
+    op = {"Add": "Add", "Clip": "Clip"}
+    nodes = [
+        helper.make_node(op.get(n.rsplit("/", 1)[1], "Conv"), ["x"], [f"y{i}"], name=n)
+        for i, n in enumerate(kept + quantised)
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    model.metadata_props.add(key="stpm.backbone", value="efficientnet_lite0")
+    assert float_nodes(model, kept + quantised) == kept
