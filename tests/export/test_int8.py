@@ -129,7 +129,9 @@ def test_graph_has_qdq_nodes(int8) -> None:
     onnx.checker.check_model(int8, full_check=True)
 
 
-def test_every_backbone_conv_and_only_those_are_quantised(int8) -> None:
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_every_backbone_conv_and_only_those_are_quantised(request, target: str) -> None:
+    int8 = onnx.load(request.getfixturevalue("int8_path" if target == "cpu" else "trt_int8_path"))
     made_by = producers(int8)
     convs = [n for n in int8.graph.node if n.op_type == "Conv"]
     quantised = [
@@ -138,7 +140,7 @@ def test_every_backbone_conv_and_only_those_are_quantised(int8) -> None:
         if n.input[1] in made_by and made_by[n.input[1]].op_type == "DequantizeLinear"
     ]
     backbone = [n for n in convs if in_backbone(n)]
-    # the cpu recipe's float head: the stems and efficientnet_lite0's blocks 0-2
+    # both recipes' float head: the stems and efficientnet_lite0's blocks 0-2
     head = [n for n in backbone if re.search(r"/(_conv_stem|_blocks\.[012])/", n.name)]
     stems = [n for n in head if "/_conv_stem/" in n.name]
     assert len(backbone) > len(head) and len(stems) == 2  # teacher and student
