@@ -88,7 +88,8 @@ def recommend(
 
     Returns:
         ``{"model", "backend", "precision", "runner", "threads", "batch", "latency_ms_mean",
-        "latency_ms_p50", "throughput_ips", "parity", "rejected": [...], "ranking": [...]}`` or
+        "latency_ms_p50", "throughput_ips", "parity", "gate" (:func:`gate_note`),
+        "rejected": [...], "ranking": [...]}`` or
         None when nothing was measured or nothing passes.
     """
     check = check or (lambda m, b, t: parity(m, b, t, images, seed))
@@ -106,13 +107,37 @@ def recommend(
                 "latency_ms_mean": rec["latency_ms"]["mean"],
                 "latency_ms_p50": rec["latency_ms"]["p50"],
                 "throughput_ips": rec["throughput_ips"], "parity": results[key],
-                "rejected": rejected,
+                "gate": gate_note(rec["model"]), "rejected": rejected,
                 "ranking": [{"model": r["model"], "backend": r["backend"],
                              "precision": r.get("precision"), "threads": r.get("threads"),
                              "throughput_ips": r["throughput_ips"]} for r in ranked],
             }  # fmt: skip
         rejected.append({"model": rec["model"], "backend": rec["backend"], "parity": results[key]})
     return None
+
+
+def gate_note(model: str) -> str | None:
+    """What the file says about its INT8 accuracy against FP32 (``stpm-export --gate`` records
+    it), for an INT8 ``.onnx``; ``None`` for other files. Parity here compares runtimes on one
+    file, so an INT8 file's own accuracy is only known from its gate."""
+    if not model.endswith(".onnx") or not Path(model).is_file():
+        return None
+    from stpm_edge.runtime.metadata import read_model_metadata
+
+    meta = read_model_metadata(model)
+    if meta.get("stpm.precision") != "int8":
+        return None
+    gate = _meta_value(meta, "stpm.int8_gate")
+    if not isinstance(gate, dict):
+        return (
+            "an INT8 file without an accuracy gate: its accuracy against FP32 was not measured; "
+            "export it with `--gate DATA --gate-category CAT` before deploying"
+        )
+    return (
+        f"INT8 accuracy gate passed at export on {gate.get('images')} test images of "
+        f"{gate.get('category')}: image AUROC loss {gate.get('image_loss', float('nan')):+.4f}, "
+        f"pixel {gate.get('pixel_loss', float('nan')):+.4f}"
+    )
 
 
 def render(rec: dict[str, Any] | None) -> list[str]:
@@ -130,6 +155,8 @@ def render(rec: dict[str, Any] | None) -> list[str]:
         f"{MAP_TOLERANCE}).",
         "",
     ]
+    if rec.get("gate"):
+        lines += [f"The file: {rec['gate']}.", ""]
     for r in rec["rejected"]:
         why = r["parity"].get("error") or (
             f"verdicts match={r['parity'].get('verdicts_match')}, map error "

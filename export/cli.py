@@ -371,7 +371,11 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     if fp32_graph is not None:  # --gate: the measured AUROC loss decides before any write
         from stpm_edge.export.int8_gate import gate_graphs, require_gate
 
-        require_gate(gate_graphs(fp32_graph, graph, args.gate, args.gate_category, target))
+        gate = gate_graphs(fp32_graph, graph, args.gate, args.gate_category, target)
+        require_gate(gate)
+        # the file carries its passed gate: stpm-bench --recommend names it beside the pick
+        record = {**gate.as_dict(), "category": args.gate_category}
+        G.set_metadata(graph, G.read_metadata(graph) | {"stpm.int8_gate": json.dumps(record)})
     # parity on a bounded sample: calibration may hold hundreds of frames, the check needs few
     report = _parity(
         graph, model, payload["calibration"], options, frames[:PARITY_FRAMES], precision

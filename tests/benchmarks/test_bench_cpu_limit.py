@@ -143,6 +143,26 @@ def test_recommend_picks_fastest_that_passes_parity() -> None:
     assert "No measured configuration" in recommend.render(None)[2]
 
 
+def test_gate_note_reads_the_files_own_gate_record(tmp_path: Path) -> None:
+    from onnx import helper, save
+
+    def model(name: str, **props: str) -> str:
+        m = helper.make_model(helper.make_graph([], "g", [], []))
+        for key, value in props.items():
+            m.metadata_props.add(key=key, value=value)
+        save(m, tmp_path / name)
+        return str(tmp_path / name)
+
+    gate = {"images": 36, "category": "gravel", "image_loss": 0.0031, "pixel_loss": -0.0001}
+    gated = model("gated.onnx", **{"stpm.precision": "int8", "stpm.int8_gate": json.dumps(gate)})
+    note = recommend.gate_note(gated)
+    assert "passed" in note and "36 test images of gravel" in note and "+0.0031" in note
+    assert "without an accuracy gate" in recommend.gate_note(
+        model("ungated.onnx", **{"stpm.precision": "int8"})
+    )
+    assert recommend.gate_note(model("fp32.onnx", **{"stpm.precision": "fp32"})) is None
+
+
 def test_cli_openvino_int8_roofline_and_recommend(tmp_path: Path) -> None:
     pytest.importorskip("openvino", reason="openvino not installed (pip install '.[openvino]')")
     model = stpm_test_double(tmp_path / "double_int8.onnx", "int8")
@@ -166,3 +186,5 @@ def test_cli_openvino_int8_roofline_and_recommend(tmp_path: Path) -> None:
     assert pick["backend"] == fastest["backend"] and pick["parity"]["passed"]
     md = (out / "report.md").read_text()
     assert "measured int8 matmul" in md and "## Recommendation" in md
+    # an INT8 file exported without --gate: the pick says its accuracy was not measured
+    assert "INT8 file without an accuracy gate" in md

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 
 import pytest
 
 from stpm_edge.export import int8_gate
 from stpm_edge.export.cli import main
+from stpm_edge.runtime.metadata import read_model_metadata
 
 
 def _export(argv: list[str]) -> tuple[int, str]:
@@ -37,6 +39,8 @@ def test_gate_decides_whether_the_int8_file_is_written(
     rc, text = _export(argv)
     if limit > 0:
         assert rc == 0 and out.is_file(), text
+        record = json.loads(read_model_metadata(out)["stpm.int8_gate"])  # the file carries it
+        assert record["passed"] and record["category"] == demo_data.category
     else:
         assert rc == 2 and not out.exists()
         assert "fails the accuracy gate" in text and "image AUROC" in text and "loss" in text
