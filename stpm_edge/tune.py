@@ -180,6 +180,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     import torch
 
     from stpm_edge.data.torch_dataset import ImageDataset
+    from stpm_edge.host_memory import apply_host_memory
     from stpm_edge.mixed_precision import resolve_autocast
     from stpm_edge.train import TrainConfig, _train_epoch, resolve_device
 
@@ -189,6 +190,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     tcfg.epochs, tcfg.seed, tcfg.progress = cfg.epochs, cfg.seed, cfg.progress
     tcfg.batch_size = cfg.batch_size or tcfg.batch_size
     device = resolve_device(cfg.device)
+    host_memory = apply_host_memory(tcfg.host_memory)  # the training's own setting, as --amp
     model.to(device)
     mc = model.config
     dataset = ImageDataset(samples, mc.image_size, mc.mean, mc.std, cache=True)
@@ -205,7 +207,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
         losses.append(loss)
         logger.info("tune epoch %d/%d: train loss %.4f", epoch + 1, cfg.epochs, loss)
     model.eval()
-    return {"lr": lr, "train_loss_per_epoch": losses}
+    return {"lr": lr, "train_loss_per_epoch": losses, "host_memory": host_memory}
 
 
 def _calibrate(model, payload: dict[str, Any], device: str, path: str) -> dict[str, Any]:
