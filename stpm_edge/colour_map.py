@@ -55,7 +55,6 @@ from stpm_edge.errors import CheckpointError, ConfigError, DataError, note
 
 logger = logging.getLogger(__name__)
 
-MODES = COLOUR_MODES
 PAYLOAD_KEY = "colour_map"  # the checkpoint entry; absent = no colour map (older checkpoints)
 GRID = 32  # cells per side, at any image size (window and stride scale with the image)
 # Window in strides: 2 (16 px at 256 px). Colour map alone, image AUROC on the benchmark (seed 0,
@@ -128,7 +127,7 @@ class ColourStats:
                 note(f"{source}: malformed {PAYLOAD_KEY!r} entry ({exc!r})", _REFIT)
             ) from exc
         shapes_ok = _shapes_fit(stats)
-        if stats.mode not in MODES or not shapes_ok or int(entry.get("grid", GRID)) != GRID:
+        if stats.mode not in COLOUR_MODES or not shapes_ok or int(entry.get("grid", GRID)) != GRID:
             raise CheckpointError(
                 note(
                     f"{source}: {PAYLOAD_KEY!r} entry of mode {stats.mode!r} with mean "
@@ -373,7 +372,9 @@ def fit_statistics(cells: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.
     and the precision.
     """
     if mode not in ("texture", "aligned"):  # local: ``statistics``
-        raise ConfigError(note(f"colour map mode {mode!r} is unknown", f"use one of {MODES}"))
+        raise ConfigError(
+            note(f"colour map mode {mode!r} is unknown", f"use one of {COLOUR_MODES}")
+        )
     c = cells.double()
     if c.shape[0] < 2:
         raise DataError(note("the colour map needs at least 2 good images", "add training images"))

@@ -38,8 +38,7 @@ from torch.utils.data import DataLoader
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.checkpoint import load_checkpoint, save_checkpoint
-from stpm_edge.choices import HOST_MEMORY_CHOICES
-from stpm_edge.colour_map import MODES as COLOUR_MODES
+from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_MODE, HOST_MEMORY_CHOICES
 from stpm_edge.colour_map import SIZE_MULTIPLE as COLOUR_SIZE_MULTIPLE
 from stpm_edge.colour_map import check_image_size, fit_for_checkpoint, grids
 from stpm_edge.data.augment import AUGMENTATIONS, make_augment
@@ -128,7 +127,7 @@ class TrainConfig:
         """The colour map this run fits, or ``None``: ``auto`` is ``aligned`` when the image size
         grids (a multiple of 64), else off, since the user did not ask for it explicitly."""
         if self.colour_map == "auto":
-            return "aligned" if grids(self.image_size) else None
+            return DEFAULT_COLOUR_MODE if grids(self.image_size) else None
         return None if self.colour_map == "off" else self.colour_map
 
     def model_config(self) -> ModelConfig:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.choices import COLOUR_MODES
+from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_MODE
 from stpm_edge.cli.args import add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         choices=[*COLOUR_MODES, "off"],
-        default="texture",
-        help="statistics kind",
+        default=DEFAULT_COLOUR_MODE,
+        help=f"statistics kind (default: {DEFAULT_COLOUR_MODE}, as stpm-train's --colour-map auto)",
     )
     add_output_args(p, required=True, help="the new checkpoint (a .ckpt file)")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")

@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.choices import COLOUR_MODES
+from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_MODE
 from stpm_edge.cli.args import add_logging_args, comma_list
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     colour.add_argument("source", type=Path, help="a recipe folder made by `run`")
     colour.add_argument("--out", required=True, type=Path, help="the new recipe folder")
-    colour.add_argument("--mode", choices=COLOUR_MODES, default="texture")
+    colour.add_argument("--mode", choices=COLOUR_MODES, default=DEFAULT_COLOUR_MODE)
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
     summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")
