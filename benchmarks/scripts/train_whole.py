@@ -38,12 +38,12 @@ def run_once(data: str, category: str, seed: int, flags: list[str], runs: list[d
         command += ["--category", category, "--seed", str(seed), "--out", str(out)]
         command += ["--no-progress", "-q", *flags]
         start = time.perf_counter()
-        child = subprocess.Popen(command)
-        _, status, usage = os.wait4(child.pid, 0)
+        # os.wait4, not Popen.wait: it also returns the child's own resource usage (peak RSS)
+        _, status, usage = os.wait4(subprocess.Popen(command).pid, 0)
         wall = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode != 0:
-            raise SystemExit(f"error: {' '.join(command)} exited with {child.returncode}")
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise SystemExit(f"error: {' '.join(command)} exited with {code}")
         summary = json.loads((out / "train_summary.json").read_text())
     runs.append(
         {"flags": flags, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "summary": summary}
