@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,9 @@ from stpm_edge.runtime.metadata import BACKBONE_SCOPE
 logger = logging.getLogger(__name__)
 
 _KERNEL = "_kernel_time"
+# ONNX Runtime names a node its optimiser adds after an existing name plus "_token_<n>": the
+# copies of a DequantizeLinear it gives each consumer ("<dq>/duplicated_token_3"), reorders.
+_ORT_TOKEN = re.compile(r"_token_\d+$")
 
 
 def load_trace(path: str | Path) -> list[dict[str, Any]]:
@@ -178,7 +182,7 @@ def _stage_of(name: str, stages: dict[str, str]) -> str:
     """Stage of a kernel ORT may have renamed (``<output>_nchwc``, ``QuantizeLinear_<tensor>_1``)."""
     if name in stages:
         return stages[name]
-    base = name.removesuffix("/duplicated").removesuffix("_nchwc")
+    base = _ORT_TOKEN.sub("", name).removesuffix("/duplicated").removesuffix("_nchwc")
     for prefix in ("QuantizeLinear_", "DequantizeLinear_"):
         base = base.removeprefix(prefix)
     for candidate in (base, base.rsplit("_", 1)[0]):
