@@ -23,7 +23,7 @@ import numpy as np
 
 
 def _compile(core, path: Path, static: bool, threads: int):
-    from stpm_edge.runtime.runners.openvino import single_image_model
+    from stpm_edge.runtime.runners.openvino import compile_properties, single_image_model
 
     dynamic = core.read_model(str(path))
     single = single_image_model(dynamic)  # what the runner compiles
@@ -32,12 +32,7 @@ def _compile(core, path: Path, static: bool, threads: int):
     model = single if static else dynamic
     port = model.inputs[0]
     shape = list(single.inputs[0].get_partial_shape().to_shape())
-    props = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-        "INFERENCE_NUM_THREADS": threads,
-    }
-    compiled = core.compile_model(model, "CPU", props)
+    compiled = core.compile_model(model, "CPU", compile_properties("latency", "f32", threads))
     dtype = port.get_element_type().to_dtype()
     rng = np.random.default_rng(0)
     frame = (rng.random(shape) * (255 if dtype == np.uint8 else 1)).astype(dtype)

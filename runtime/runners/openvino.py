@@ -103,6 +103,27 @@ def read_ov_metadata(model: Any, path: Path | None = None) -> dict[str, str]:
     return props(proto)
 
 
+def compile_properties(
+    hint: str,
+    precision: str = "f32",
+    threads: int | None = None,
+    perf_count: bool = False,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The properties the runner compiles with (``config`` last, so its entries win); benchmark
+    scripts that compile a model themselves use the same."""
+    props: dict[str, Any] = {
+        "PERFORMANCE_HINT": hint.upper(),
+        "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+    }
+    if threads is not None:
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    if perf_count:
+        props["PERF_COUNT"] = True
+    props.update(config or {})
+    return props
+
+
 def single_image_model(model: Any) -> Any | None:
     """A copy of ``model`` with its dynamic batch dimension fixed to 1, or ``None`` when that is
     not the case for every input (other dimensions dynamic, or the batch already fixed)."""
@@ -198,18 +219,6 @@ class OpenVinoRunner(Runner):
                 note(f"OpenVINO could not read {path}: {exc}", "check the file is a valid ONNX")
             ) from exc
 
-    def _properties(self, hint: str) -> dict[str, Any]:
-        props: dict[str, Any] = {
-            "PERFORMANCE_HINT": hint.upper(),
-            "INFERENCE_PRECISION_HINT": self.precision,
-        }
-        if self.threads is not None:
-            props["INFERENCE_NUM_THREADS"] = int(self.threads)
-        if self.perf_count:
-            props["PERF_COUNT"] = True
-        props.update(self.config)
-        return props
-
     def _check_precision(self) -> None:
         if self.precision != "bf16" or self.device != "CPU":
             return
@@ -225,7 +234,10 @@ class OpenVinoRunner(Runner):
     def _compile(self, hint: str) -> Any:
         try:
             model = self._ov_model if self._single is None else self._single
-            return self._core.compile_model(model, self.device, self._properties(hint))
+            props = compile_properties(
+                hint, self.precision, self.threads, self.perf_count, self.config
+            )
+            return self._core.compile_model(model, self.device, props)
         except Exception as exc:
             raise BackendError(
                 note(f"OpenVINO could not compile the model for {self.device}: {exc}", "")

@@ -180,3 +180,18 @@ def test_single_image_model_leaves_a_ready_model_alone(fake_onnx) -> None:
     assert model.inputs[0].get_partial_shape()[0].is_dynamic  # not reshaped in place
     assert list(single.inputs[0].get_partial_shape().to_shape()) == [1, 64, 64, 3]
     assert ov_module.single_image_model(single) is None  # already static: nothing to fix
+
+
+def test_compiled_with_the_settings_asked_for(fake_onnx) -> None:
+    """Threads, hint and precision reach the compiled model; ``config`` entries win over them.
+    Benchmark scripts compile with :func:`compile_properties` too, so they time the same."""
+    with OpenVinoRunner(fake_onnx, threads=1, hint="latency") as runner:
+        compiled = runner._latency
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+        assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    with OpenVinoRunner(fake_onnx, threads=1, config={"INFERENCE_NUM_THREADS": 2}) as runner:
+        assert runner._latency.get_property("INFERENCE_NUM_THREADS") == 2
+    props = ov_module.compile_properties("throughput", "fp32", 3, perf_count=True)
+    assert props == {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32",
+                     "INFERENCE_NUM_THREADS": 3, "PERF_COUNT": True}  # fmt: skip
