@@ -4,14 +4,10 @@
 # each exported FP32 and INT8 (--target cpu), timed in one stpm-bench run with interleaved rounds.
 # CKPT defaults to the demo's brick checkpoint at the default map resolution, as cpu_reports.sh
 # writes it (run that first, STAGE=export is enough); the dev extra (openvino) is needed.
-# STAGE=export|bench|all as in cpu_reports.sh; run the bench stage on a quiet machine.
+# STAGE=export|bench|all (report_env.sh); run the bench stage on a quiet machine.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-STAGE=${STAGE:-all}
-NAME=${NAME:-cpu-epyc-2core}
+source "$(dirname "$0")/report_env.sh"
 WORK=${WORK:-runs/colour_cost}
-B=.venv/bin
-CAL=demo_out/data/brick/train/good
 MODES=${MODES:-aligned local}
 VARIANTS="plain $(printf 'colour_%s ' $MODES)"
 mkdir -p "$WORK"

@@ -6,16 +6,11 @@
 # for the peers a throw-away anomalib venv made as benchmarks/peers/anomalib_stfpm.py says
 # (PEER_PY, default /work/peers/anomalib-venv/bin/python; skipped when it is missing).
 # Run it on a quiet machine: the reports compare configurations measured in one run each.
-# STAGE=export only writes the graphs, STAGE=bench only times them (default: both), so the
-# exports may run beside other work and only the timing needs the machine to itself.
+# STAGE=export|bench|all: see report_env.sh.
 set -euo pipefail
-STAGE=${STAGE:-all}
-cd "$(dirname "$0")/../.."
-NAME=${NAME:-cpu-epyc-2core}
+source "$(dirname "$0")/report_env.sh"
 WORK=${WORK:-runs/cpu_reports}
 PEER_PY=${PEER_PY:-/work/peers/anomalib-venv/bin/python}
-B=.venv/bin
-CAL=demo_out/data/brick/train/good
 OUT=benchmarks/reports/$NAME
 mkdir -p "$WORK"
 
