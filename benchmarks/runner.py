@@ -609,7 +609,9 @@ def add_compute_metrics(
     picks the matmul measured with the same threads when there is one; ``threads=None`` (the
     runtime's default) is compared with all usable CPUs. An int8 (bf16) record is compared with
     the int8 (bf16) matmul roofline when one was measured, everything else with the float32 one;
-    ``roofline_ref`` names the one used.
+    ``roofline_ref`` names the one used. An INT8 file run with bf16 float parts (``openvino-bf16``,
+    ``graph_precision`` int8) counts as int8: its convolutions run in int8 (against the bf16
+    matmul such records read 142-178 % of the roofline).
     """
     record["gflop_per_image"] = gflop_per_image
     achieved = None if gflop_per_image is None else gflop_per_image * record["throughput_ips"]
@@ -619,7 +621,7 @@ def add_compute_metrics(
     if achieved is None or record.get("device") != "cpu":
         return record
     threads = record.get("threads") or roofline.get("usable_cpus") or 1
-    precision = record.get("precision")
+    precision = "int8" if record.get("graph_precision") == "int8" else record.get("precision")
     low = roofline.get(f"{precision}_matmul") if precision in ("int8", "bf16") else None
     if low:
         by_threads, best, ref_name = low.get("gops_by_threads") or {}, low.get("gops"), precision

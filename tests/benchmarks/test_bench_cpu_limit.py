@@ -40,6 +40,10 @@ def test_int8_records_use_the_int8_roofline() -> None:
     roof["bf16_matmul"] = {"gops_by_threads": {"2": 80.0}, "gops": 80.0}
     bf16 = add_compute_metrics({**base, "precision": "bf16"}, 0.8, roof)
     assert bf16["roofline_fraction"] == pytest.approx(80.0 / 80.0)
+    # an INT8 file on openvino-bf16: int8 convolutions, bf16 only where the graph is float
+    mixed = add_compute_metrics({**base, "precision": "bf16", "graph_precision": "int8"}, 0.8, roof)
+    assert mixed["roofline_fraction"] == pytest.approx(80.0 / 160.0)
+    assert mixed["roofline_ref"].startswith("int8")
 
 
 def _event(name: str, dur: float, ts: float) -> dict:
