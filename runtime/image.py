@@ -264,6 +264,21 @@ def resize_mask(mask: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
     return resized > 0
 
 
+def jpeg_round_trip(images: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB -> the same images JPEG-encoded at ``quality`` (1-100) and decoded,
+    as a frame that went through an MJPG camera or a compressed stream arrives (4:2:0 chroma)."""
+    if not 1 <= int(quality) <= 100:
+        raise DataError(note(f"JPEG quality {quality} is out of range", "use 1-100"))
+    out = np.empty_like(images)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    for i, image in enumerate(images):
+        ok, buffer = cv2.imencode(".jpg", swap_rb(np.ascontiguousarray(image)), params)
+        if not ok:
+            raise DataError(note(f"OpenCV could not JPEG-encode image {i}", "check its shape"))
+        out[i] = swap_rb(cv2.imdecode(buffer, cv2.IMREAD_COLOR))
+    return out
+
+
 def normalize(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 RGB (H, W, 3) -> float32 (3, H, W), or a batch (N, H, W, 3) -> (N, 3, H, W), as
     ``(x / 255 - mean) / std`` in float32 (mean/std: the model's, in ``[0, 1]`` units)."""

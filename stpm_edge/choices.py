@@ -3,6 +3,18 @@ their parsers (and print ``--help``) before anything imports torch."""
 
 COLOUR_MODES = ("texture", "aligned", "local")  # stpm_edge.colour_map
 # what stpm-train --colour-map auto fits, and what stpm-colour and `quality colour` fit by default
-DEFAULT_COLOUR_MODE = "aligned"
+DEFAULT_COLOUR_MODE = "local"
+# --colour-gate-jpeg: the JPEG quality of the validation copies the colour map's gate is also set
+# on (0 = none); why, in stpm_edge.colour_map (GATE_JPEG_QUALITY)
+DEFAULT_COLOUR_GATE_JPEG = 90
+
+
+def check_gate_jpeg(quality: int, flag: str = "--colour-gate-jpeg") -> int:
+    """``quality`` if it is 0 or a JPEG quality (1-100), else a ``ValueError`` naming ``flag``."""
+    if isinstance(quality, bool) or not 0 <= int(quality) <= 100:
+        raise ValueError(f"{flag} {quality} is not a JPEG quality: use 1-100, or 0 for none")
+    return int(quality)
+
+
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # stpm_edge.mixed_precision
 HOST_MEMORY_CHOICES = ("retain", "system")  # stpm_edge.host_memory

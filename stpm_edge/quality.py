@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stpm_edge.choices import DEFAULT_COLOUR_GATE_JPEG
 from stpm_edge.errors import ConfigError, DataError, StpmEdgeError, note
 
 logger = logging.getLogger(__name__)
@@ -151,10 +152,15 @@ def _run_category(
 
 
 def colour_variant(
-    source: str | Path, out: str | Path, mode: str, commands: dict[str, Command] | None = None
+    source: str | Path,
+    out: str | Path,
+    mode: str,
+    commands: dict[str, Command] | None = None,
+    gate_jpeg: int = DEFAULT_COLOUR_GATE_JPEG,
 ) -> Path:
-    """The recipe folder ``source`` with the colour map fitted (``mode``) to every trained
-    checkpoint, evaluated into ``out`` (finished categories are skipped)."""
+    """The recipe folder ``source`` with the colour map fitted (``mode``, its gate also set on
+    JPEG copies at ``gate_jpeg``) to every trained checkpoint, evaluated into ``out`` (finished
+    categories are skipped)."""
     source, out = Path(source), Path(out)
     if not (source / "recipe.json").exists():
         raise DataError(
@@ -162,7 +168,8 @@ def colour_variant(
         )
     commands = commands or _commands()
     recipe = json.loads((source / "recipe.json").read_text())
-    _check_recipe(out / "recipe.json", {**recipe, "colour_map": mode, "derived_from": str(source)})
+    variant = {"colour_map": mode, "colour_gate_jpeg": gate_jpeg, "derived_from": str(source)}
+    _check_recipe(out / "recipe.json", {**recipe, **variant})
     for timing_file in sorted(source.glob("seed*/*/timing.json")):
         folder = timing_file.parent
         seed_dir, category = folder.parent.name, folder.name
@@ -171,7 +178,7 @@ def colour_variant(
             continue
         ckpt = target / "train" / "best.ckpt"
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        fit = ["--mode", mode, "--out", str(ckpt), "--force"]
+        fit = ["--mode", mode, "--colour-gate-jpeg", str(gate_jpeg), "--out", str(ckpt), "--force"]
         colour_s = _call(commands, "colour", [str(folder / "train" / "best.ckpt"), *fit])
         eval_s = _evaluate(commands, target, source / "data" / seed_dir, category)
         train_s = json.loads(timing_file.read_text())["train_s"] + colour_s

@@ -38,7 +38,13 @@ from torch.utils.data import DataLoader
 
 from stpm_edge.calibration import calibrate_from_good
 from stpm_edge.checkpoint import load_checkpoint, save_checkpoint
-from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_MODE, HOST_MEMORY_CHOICES
+from stpm_edge.choices import (
+    COLOUR_MODES,
+    DEFAULT_COLOUR_GATE_JPEG,
+    DEFAULT_COLOUR_MODE,
+    HOST_MEMORY_CHOICES,
+    check_gate_jpeg,
+)
 from stpm_edge.colour_map import SIZE_MULTIPLE as COLOUR_SIZE_MULTIPLE
 from stpm_edge.colour_map import check_image_size, fit_for_checkpoint, grids
 from stpm_edge.data.augment import AUGMENTATIONS, make_augment
@@ -86,13 +92,13 @@ class TrainConfig:
     score_reduction: str = "topk"  # mean of the top 1 % pixels: +0.09 image AUROC vs max
     topk_fraction: float = 0.01
     map_resolution: str = "feature"  # 1/16 of the map tail's work; README "Speed" has the figures
-    # fitted after training on the same split (stpm_edge.colour_map); "auto" = aligned where the
+    # fitted after training on the same split (stpm_edge.colour_map); "auto" = local where the
     # image size allows it (colour_mode). Benchmark, seeds 0-2, mean image AUROC: plain 0.769,
-    # aligned 0.809, local 0.845; but local judged every frame of the demo's MJPG video NG (its
-    # nearest-colour distances are tiny on the training images' own encoding, and compression
-    # moves cell colours beyond them), aligned the same frames as the PNG test images (README,
-    # "Colour map"). local is for lines whose training images are captured as the live frames.
+    # aligned 0.809, local 0.828 with its gate also set on JPEG copies of the validation images
+    # (colour_gate_jpeg; 0.845 without them, but then every JPEG copy of a good photo texture
+    # fired it: README, "Colour map").
     colour_map: str = "auto"
+    colour_gate_jpeg: int = DEFAULT_COLOUR_GATE_JPEG
     max_train_images: int | None = None
     skip_bad: bool = False
     resume: bool = False
@@ -113,6 +119,10 @@ class TrainConfig:
                 raise ConfigError(
                     note(f"{flag} {value!r} is unknown", f"use one of: {', '.join(choices)}")
                 )
+        try:
+            self.colour_gate_jpeg = check_gate_jpeg(self.colour_gate_jpeg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         if self.colour_map in COLOUR_MODES:
             check_image_size(self.image_size)  # before training, not after
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
@@ -124,7 +134,7 @@ class TrainConfig:
             )
 
     def colour_mode(self) -> str | None:
-        """The colour map this run fits, or ``None``: ``auto`` is ``aligned`` when the image size
+        """The colour map this run fits, or ``None``: ``auto`` is ``local`` when the image size
         grids (a multiple of 64), else off, since the user did not ask for it explicitly."""
         if self.colour_map == "auto":
             return DEFAULT_COLOUR_MODE if grids(self.image_size) else None
@@ -623,7 +633,9 @@ def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) 
     extra["val_paths"] = [str(Path(s.path).resolve()) for s in val_set.samples]
     mode = cfg.colour_mode()
     if mode is not None:  # post hoc: the run's training split, scaled on its validation
-        model.colour = fit_for_checkpoint({**payload, **extra}, model, mode, device)
+        model.colour = fit_for_checkpoint(
+            {**payload, **extra}, model, mode, device, gate_jpeg=cfg.colour_gate_jpeg
+        )
     elif cfg.colour_map == "auto":
         logger.info(
             "colour map off: --image-size %d is not a multiple of %d (it needs one)",

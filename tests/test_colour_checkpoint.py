@@ -147,14 +147,18 @@ def test_other_map_settings_re_measure_the_stpm_scale(colour_ckpt, demo_data, tm
     assert sharp["colour_map"]["colour_scale"] == payload[cm.PAYLOAD_KEY]["colour_scale"]
 
 
-def test_default_colour_map_is_aligned_where_the_size_grids() -> None:
-    """--colour-map auto (the default): aligned at 256 or 64 px; at 96 px, which the grid cannot
-    divide, off rather than an error the user did not ask for."""
+def test_default_colour_map_is_local_where_the_size_grids() -> None:
+    """--colour-map auto (the default): local at 256 or 64 px, its gate also set on JPEG q90
+    copies; at 96 px, which the grid cannot divide, off rather than an error the user did not ask
+    for. A --colour-gate-jpeg that is no JPEG quality is refused before training, by name."""
+    from stpm_edge.errors import ConfigError
     from stpm_edge.train import TrainConfig
 
-    assert TrainConfig().colour_map == "auto"
-    assert TrainConfig(data="x", image_size=256).colour_mode() == "aligned"
-    assert TrainConfig(data="x", image_size=64).colour_mode() == "aligned"
+    assert TrainConfig().colour_map == "auto" and TrainConfig().colour_gate_jpeg == 90
+    assert TrainConfig(data="x", image_size=256).colour_mode() == "local"
+    assert TrainConfig(data="x", image_size=64).colour_mode() == "local"
+    with pytest.raises(ConfigError, match="--colour-gate-jpeg 101"):
+        TrainConfig(data="x", colour_gate_jpeg=101)
     assert TrainConfig(data="x", image_size=96).colour_mode() is None
     assert TrainConfig(data="x", colour_map="off").colour_mode() is None
     assert TrainConfig(data="x", colour_map="texture").colour_mode() == "texture"
@@ -174,7 +178,8 @@ def test_stpm_tune_re_measures_the_fusion_scale(colour_ckpt, demo_data, tmp_path
     assert main([*argv, "-q"]) == 0
     before, after = load_checkpoint(colour_ckpt), load_checkpoint(out)
     tuned = load_model_from_checkpoint(out)
-    measured = cm.stpm_scale(tuned, cm.validation_images(after, tuned.config.image_size))
+    images = cm.validation_images(after, tuned.config.image_size)  # + the fit's JPEG copies
+    measured = cm.stpm_scale(tuned, cm.scale_images(images, after[cm.PAYLOAD_KEY]["gate_jpeg"]))
     assert after[cm.PAYLOAD_KEY]["stpm_scale"] == pytest.approx(measured, rel=1e-5)
     assert after[cm.PAYLOAD_KEY]["stpm_scale"] != pytest.approx(
         before[cm.PAYLOAD_KEY]["stpm_scale"], rel=1e-3

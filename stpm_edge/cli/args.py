@@ -92,6 +92,23 @@ def add_backend_args(parser: argparse.ArgumentParser, *, multiple: bool = False)
     add_threads_args(parser, multiple=multiple)
 
 
+def add_colour_gate_args(parser: argparse.ArgumentParser, *, default: int | None) -> None:
+    """``--colour-gate-jpeg Q``: the colour map's gate is also set on JPEG copies (quality Q) of
+    the good validation images (stpm-train, stpm-colour); ``default`` None leaves it to a config."""
+    from stpm_edge.choices import DEFAULT_COLOUR_GATE_JPEG
+
+    _group(parser, "colour map").add_argument(
+        "--colour-gate-jpeg",
+        type=int,
+        metavar="Q",
+        default=default,
+        help="set the colour map's gate on the good validation images and on their JPEG copies at "
+        "quality Q, so that compressed live frames (MJPG cameras, RTSP streams) do not fire it; "
+        "0: on the images as they are (only where the live frames are lossless like them: finds "
+        f"fainter stains) (default: {DEFAULT_COLOUR_GATE_JPEG})",
+    )
+
+
 def add_threads_args(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
     """``--threads``: ONNX Runtime CPU threads (``multiple``: a comma list to sweep)."""
     g = _group(parser, "backend")

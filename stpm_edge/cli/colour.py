@@ -6,24 +6,29 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_MODE
-from stpm_edge.cli.args import add_logging_args, add_output_args
+from stpm_edge.choices import (
+    COLOUR_MODES,
+    DEFAULT_COLOUR_GATE_JPEG,
+    DEFAULT_COLOUR_MODE,
+    check_gate_jpeg,
+)
+from stpm_edge.cli.args import add_colour_gate_args, add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
+from stpm_edge.errors import ConfigError
 
 DESCRIPTION = """Fit the colour statistics map to a trained checkpoint and write a NEW checkpoint.
 
 STPM's channel-normalised features cannot see stains that only change the colour or the
 intensity; the colour map (stpm_edge/colour_map.py) can. It is fitted post hoc — the student is
 not retrained: colour statistics of the checkpoint's training images (its recorded data and
-split), fusion scales from its validation images, then the thresholds are re-calibrated on the
-fused map. --mode aligned (per position: stpm-train's default), texture (one set of statistics
-for every position) or local (each cell against the nearest training colour within one cell:
-finds more, but compression the training images did not have reads as a stain); off writes a
-copy without it (ablation).
+split), fusion scales from its validation images and their JPEG copies (--colour-gate-jpeg),
+then the thresholds are re-calibrated on the fused map. --mode local (each cell against the
+nearest training colour within one cell: stpm-train's default), aligned (a Gaussian per
+position) or texture (one Gaussian for every position); off writes a copy without it (ablation).
 stpm-export puts it into the one graph; stpm-eval --no-colour-map ablates it.
 
 example:
-  stpm-colour runs/brick/best.ckpt --mode aligned --out runs/brick/colour.ckpt
+  stpm-colour runs/brick/best.ckpt --mode local --out runs/brick/colour.ckpt
 """
 
 
@@ -38,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_COLOUR_MODE,
         help=f"statistics kind (default: {DEFAULT_COLOUR_MODE}, as stpm-train's --colour-map auto)",
     )
+    add_colour_gate_args(p, default=DEFAULT_COLOUR_GATE_JPEG)
     add_output_args(p, required=True, help="the new checkpoint (a .ckpt file)")
     p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
@@ -48,8 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from stpm_edge.colour_map import write_with_colour_map
 
+    try:
+        gate_jpeg = check_gate_jpeg(args.colour_gate_jpeg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     write_with_colour_map(
-        args.checkpoint, args.out, args.mode, args.device, args.batch_size, bool(args.force)
+        args.checkpoint,
+        args.out,
+        args.mode,
+        args.device,
+        args.batch_size,
+        bool(args.force),
+        gate_jpeg,
     )
     return 0
 

@@ -22,8 +22,8 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_MODE
-from stpm_edge.cli.args import add_logging_args, comma_list
+from stpm_edge.choices import COLOUR_MODES, DEFAULT_COLOUR_GATE_JPEG, DEFAULT_COLOUR_MODE
+from stpm_edge.cli.args import add_colour_gate_args, add_logging_args, comma_list
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     colour.add_argument("source", type=Path, help="a recipe folder made by `run`")
     colour.add_argument("--out", required=True, type=Path, help="the new recipe folder")
     colour.add_argument("--mode", choices=COLOUR_MODES, default=DEFAULT_COLOUR_MODE)
+    add_colour_gate_args(colour, default=DEFAULT_COLOUR_GATE_JPEG)
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
     summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         result = export_parity(args.recipe, precisions, args.seeds, args.backend)
         print(parity_table(result, precisions), end="")
     elif args.command == "colour":
-        colour_variant(args.source, args.out, args.mode)
+        colour_variant(args.source, args.out, args.mode, gate_jpeg=args.colour_gate_jpeg)
         print(summarize([args.source, args.out]), end="")
     elif args.command == "run":
         run_recipe(

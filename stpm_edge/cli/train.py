@@ -6,7 +6,12 @@ import argparse
 from collections.abc import Sequence
 
 from stpm_edge.choices import AMP_CHOICES, COLOUR_MODES, HOST_MEMORY_CHOICES
-from stpm_edge.cli.args import add_config_args, add_logging_args, add_output_args
+from stpm_edge.cli.args import (
+    add_colour_gate_args,
+    add_config_args,
+    add_logging_args,
+    add_output_args,
+)
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Train the STPM student against a frozen pretrained teacher on good images only.
@@ -100,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--colour-map",
         choices=["auto", "off", *COLOUR_MODES],
         help="colour map for stains STPM cannot see, fitted after training on the same images: "
-        "'aligned' (a Gaussian per cell), 'texture' (one Gaussian for every cell) or 'local' "
-        "(each cell against the nearest training colour within one cell: finds more, but only "
-        "when the training images are encoded as the live frames); 'auto': aligned when "
+        "'local' (each cell against the nearest training colour within one cell), 'aligned' (a "
+        "Gaussian per cell) or 'texture' (one Gaussian for every cell); 'auto': local when "
         "--image-size is a multiple of 64, else off; stpm-colour adds it to older runs "
         f"(default: {d.colour_map})",
     )
+    add_colour_gate_args(p, default=None)
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--epochs", type=int, help=f"whole passes over the training images (default: {d.epochs})"

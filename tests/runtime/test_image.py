@@ -224,3 +224,19 @@ def test_real_graph_scores_odd_files_like_pytorch(
         preds = det.predict([image.decode_bgr(p) for p in paths])
     scores = np.array([p.score for p in preds])
     np.testing.assert_allclose(scores, torch_scores, rtol=1e-4, atol=1e-7)
+
+
+def test_jpeg_round_trip_keeps_rgb_order_and_shape() -> None:
+    """The colour map's gate copies (stpm_edge.colour_map): RGB in, RGB out, the codec's error
+    only; a quality outside 1-100 is refused by name."""
+    from stpm_edge.runtime.image import jpeg_round_trip
+
+    images = np.zeros((2, 32, 48, 3), np.uint8)
+    images[0, ..., 0] = 200  # red
+    images[1, ..., 2] = 200  # blue
+    out = jpeg_round_trip(images, 90)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - images).max() <= 8  # flat colours: a few levels at most
+    assert out[0, ..., 0].mean() > 150 and out[1, ..., 2].mean() > 150
+    with pytest.raises(DataError, match="JPEG quality 0"):
+        jpeg_round_trip(images, 0)
