@@ -282,7 +282,12 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
         recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
         flags = " ".join(recipe.get("train_args", [])) or "(stpm-train defaults)"
         if recipe.get("colour_map"):
-            flags += f", then stpm-colour --mode {recipe['colour_map']} (no retraining)"
+            # recipes from before the setting were scaled on the validation images alone
+            gate = recipe.get("colour_gate_jpeg", 0)
+            flags += (
+                f", then stpm-colour --mode {recipe['colour_map']} --colour-gate-jpeg {gate}"
+                " (no retraining)"
+            )
         sections.append(f"## {Path(folder).name}\n\nstpm-train {flags}\n\n{recipe_table(summary)}")
         if baseline is not None:
             sections.append(_delta_line(baseline, summary))

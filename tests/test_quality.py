@@ -139,6 +139,7 @@ def test_colour_variant_evaluates_each_trained_checkpoint(tmp_path):
     colour_argv = fake.calls[0][1]
     assert colour_argv[0] == str(source / "seed0" / "gear" / "train" / "best.ckpt")
     assert _value(colour_argv, "--mode") == "texture"
+    assert _value(colour_argv, "--colour-gate-jpeg") == "90"  # the default, passed on and recorded
     eval_argv = fake.calls[1][1]
     assert _value(eval_argv, "--data") == str(source / "data" / "seed0")
     assert eval_argv[0] == str(out / "seed0" / "gear" / "train" / "best.ckpt")
@@ -146,7 +147,9 @@ def test_colour_variant_evaluates_each_trained_checkpoint(tmp_path):
     assert set(timing) == {"train_s", "colour_s", "eval_s"}
     image = summarize_recipe(collect(out))["categories"]["gear"]["image_auroc"][0]
     assert image == pytest.approx(1.0 + 0.8 + 0.005)  # the colour checkpoints were evaluated
-    assert "then stpm-colour --mode texture (no retraining)" in summarize([source, out])
+    assert "then stpm-colour --mode texture --colour-gate-jpeg 90 (no retraining)" in summarize(
+        [source, out]
+    )
     fake.calls.clear()
     colour_variant(source, out, "texture", fake)  # finished: nothing is redone
     assert fake.calls == []
