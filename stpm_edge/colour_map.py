@@ -80,14 +80,15 @@ RADIUS = 1
 MAX_BANK_IMAGES = 64
 # The fusion scales are measured on the validation images AND on their JPEG copies at this
 # quality, so that a live frame's compression (an MJPG camera, an RTSP stream) does not fire the
-# gate. Without them, JPEG q85 copies of good test images scored 8-138x their lossless originals
-# with `local` on the benchmark's grey photo textures (every one above the best good PNG: its
-# nearest-colour distances are far below the codec's colour error). With them (benchmark, seeds
-# 0-2, fitted post hoc to the same checkpoints), `local` gains over `aligned` +0.019 mean image
-# AUROC (colour stains 0.92 -> 0.98, pcb 0.62 -> 0.88), within 0.045 of its lossless-only
-# fit, and its JPEG q85 copies exceed the best good PNG about as often as `aligned`'s (0.45 vs
-# 0.41 of them: STPM's own map moves that much). 0 = the validation images only (lines whose
-# live frames are lossless, as the training images; older checkpoints).
+# gate. Without them, JPEG q85 copies of good test images scored a median 5-103x their lossless
+# originals with `local` on the benchmark's photo textures and gear, every one above the best
+# good PNG (its nearest-colour distances are far below the codec's colour error). With them
+# (benchmark, seeds 0-2, fitted post hoc to the same checkpoints), `local` is +0.019 mean image
+# AUROC over `aligned` (colour stains 0.92 -> 0.98, pcb 0.62 -> 0.88), 0.017 below its PNG-only
+# fit, and its JPEG copies exceed the best good PNG about as often as `aligned`'s (0.45 vs 0.41
+# of them: STPM's own map moves that much). benchmarks/reports/*/quality/colour_gate_jpeg.md.
+# 0 = the validation images only (lines whose live frames are lossless like the training
+# images; checkpoints fitted before the setting).
 GATE_JPEG_QUALITY = DEFAULT_COLOUR_GATE_JPEG
 
 
