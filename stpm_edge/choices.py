@@ -10,9 +10,14 @@ DEFAULT_COLOUR_GATE_JPEG = 90
 
 
 def check_gate_jpeg(quality: int, flag: str = "--colour-gate-jpeg") -> int:
-    """``quality`` if it is 0 or a JPEG quality (1-100), else a ``ValueError`` naming ``flag``."""
-    if isinstance(quality, bool) or not 0 <= int(quality) <= 100:
-        raise ValueError(f"{flag} {quality} is not a JPEG quality: use 1-100, or 0 for none")
+    """``quality`` if it is 0 or a JPEG quality (1-100), else a ``ValueError`` naming ``flag``
+    (a config file may hold any value: ``"high"``, ``true``, ``95.5``)."""
+    try:
+        valid = not isinstance(quality, bool) and int(quality) == float(quality)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid or not 0 <= int(quality) <= 100:
+        raise ValueError(f"{flag} {quality!r} is not a JPEG quality: use 1-100, or 0 for none")
     return int(quality)
 
 

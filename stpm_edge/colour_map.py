@@ -26,9 +26,9 @@ checkpoint):
    quantile of that map's values on the good validation images and on their JPEG copies
    (``GATE_JPEG_QUALITY``: a live frame's compression is not a stain). The colour map only
    counts where it exceeds what good images show, so it adds its detections without adding its
-   noise to the scores of good images (a plain sum cost up to 0.2 image AUROC on the other defect types of a
-   busy texture; see ``fuse``). The colour side is not blurred (its cells are box averages
-   already); the fused map is scored as before.
+   noise to the scores of good images (a plain sum cost up to 0.2 image AUROC on the other
+   defect types of a busy texture; see ``fuse``). The colour side is not blurred (its cells are
+   box averages already); the fused map is scored as before.
 
 All maths is float32 (the exported graph's FP16/INT8 backbones never touch it) and uses only
 TensorRT-parsable ops (Pad and two AveragePools for the cell means, TopK + Slice for the median,

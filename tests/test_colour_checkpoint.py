@@ -157,7 +157,7 @@ def test_default_colour_map_is_local_where_the_size_grids() -> None:
     assert TrainConfig().colour_map == "auto" and TrainConfig().colour_gate_jpeg == 90
     assert TrainConfig(data="x", image_size=256).colour_mode() == "local"
     assert TrainConfig(data="x", image_size=64).colour_mode() == "local"
-    with pytest.raises(ConfigError, match="--colour-gate-jpeg 101"):
+    with pytest.raises(ConfigError, match="--colour-gate-jpeg 101 is not a JPEG quality"):
         TrainConfig(data="x", colour_gate_jpeg=101)
     assert TrainConfig(data="x", image_size=96).colour_mode() is None
     assert TrainConfig(data="x", colour_map="off").colour_mode() is None

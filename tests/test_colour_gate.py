@@ -86,7 +86,7 @@ def test_the_setting_is_recorded_and_rescaling_keeps_it(colour_maps, model) -> N
     assert cm.ColourStats.from_payload(entry).gate_jpeg == 0
 
 
-@pytest.mark.parametrize("bad", [-1, 101, True])
+@pytest.mark.parametrize("bad", [-1, 101, True, "high", 95.5, None])
 def test_bad_quality_names_the_flag(bad) -> None:
     with pytest.raises(ValueError, match="--colour-gate-jpeg"):
         check_gate_jpeg(bad)
