@@ -62,6 +62,22 @@ LOSS_SCALES = {"paper": 1.0, "official": 2.0}  # factor on the paper's loss
 VAL_CRITERIA = ("loss", "map_mean")
 
 
+def _share(value: object, flag: str) -> float:
+    """``value`` as a probability in [0, 1], else a :class:`ConfigError` naming ``flag``."""
+    try:
+        share = None if isinstance(value, bool) else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        share = None
+    if share is None or not 0.0 <= share <= 1.0:
+        raise ConfigError(
+            note(
+                f"{flag} {value!r} is not a share of the images",
+                "give a probability from 0 (off) to 1 (every image)",
+            )
+        )
+    return share
+
+
 @dataclass
 class TrainConfig:
     """Every training setting; the defaults are the paper's recipe."""
@@ -80,6 +96,7 @@ class TrainConfig:
     loss_scale: str = "paper"
     val_criterion: str = "loss"
     augment: str = "none"
+    augment_jpeg: float = 0.0  # share of training images seen as JPEGs (stpm_edge.data.augment)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     val_fraction: float = 0.2
@@ -119,6 +136,7 @@ class TrainConfig:
                 raise ConfigError(
                     note(f"{flag} {value!r} is unknown", f"use one of: {', '.join(choices)}")
                 )
+        self.augment_jpeg = _share(self.augment_jpeg, "--augment-jpeg")
         try:
             self.colour_gate_jpeg = check_gate_jpeg(self.colour_gate_jpeg)
         except ValueError as exc:
@@ -430,7 +448,7 @@ def train(cfg: TrainConfig) -> Path:
 def teacher_cache(cfg: TrainConfig, model: STPM, num_images: int) -> TeacherFeatureCache | None:
     """The teacher-feature cache, or ``None`` with augmentation: an augmented image is a new image
     every epoch, so a cached feature would belong to another picture."""
-    if cfg.augment != "none":
+    if cfg.augment != "none" or cfg.augment_jpeg:
         return None
     return TeacherFeatureCache(model, num_images)
 
@@ -457,6 +475,7 @@ def _write_summary(
         "loss_scale": cfg.loss_scale,
         "val_criterion": cfg.val_criterion,
         "augment": cfg.augment,
+        "augment_jpeg": cfg.augment_jpeg,
         "autocast": autocast.name,  # what --amp resolved to on this device
         "host_memory": host_memory,  # what --host-memory resolved to in this process
         "teacher_cache": bool(cache is not None and cache.enabled),
@@ -524,7 +543,9 @@ def _train_epoch(
     """
     from tqdm import tqdm
 
-    augment = make_augment(cfg.augment, cfg.seed, model.config.mean, model.config.std)
+    augment = make_augment(
+        cfg.augment, cfg.seed, model.config.mean, model.config.std, cfg.augment_jpeg
+    )
     assert augment is None or cache is None, "augmented images must not use cached features"
     scale = LOSS_SCALES[cfg.loss_scale]
     model.train()

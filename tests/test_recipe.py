@@ -163,6 +163,7 @@ def test_steps_and_epochs_are_exclusive(demo_data, tmp_path: Path, capsys) -> No
         ("loss_scale", "anomalib", "--loss-scale"),
         ("val_criterion", "auroc", "--val-criterion"),
         ("augment", "flip", "--augment"),
+        ("augment_jpeg", 1.5, "--augment-jpeg"),
         ("steps", 0, "--steps"),
     ],
 )
@@ -282,6 +283,32 @@ def test_augmentation_is_a_function_of_seed_epoch_and_image(kind: str) -> None:
     assert aug.make_augment("none", 1, MEAN, STD) is None
 
 
+def test_jpeg_augmentation_is_a_round_trip_after_the_kinds_own_draws() -> None:
+    """--augment-jpeg P: with P = 1 every image is the JPEG round trip (quality 70-95) of what the
+    kind made of it, the kind's own draws unchanged; P = 0 with kind none is no augmentation."""
+    from stpm_edge.runtime.image import jpeg_round_trip
+
+    x, idx = batch(4, 64)
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    textured = aug.Augment("texture", 3, MEAN, STD)(x, idx, 1)
+    both = aug.Augment("texture", 3, MEAN, STD, jpeg=1.0)(x, idx, 1)
+    assert both.shape == x.shape and not torch.equal(both, textured)
+    pixels = ((textured * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    qualities = [jpeg_round_trip(pixels.permute(0, 2, 3, 1).numpy(), q) for q in range(70, 96)]
+    for k, image in enumerate(both):
+        got = ((image * std + mean) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert any(np.array_equal(got, q[k]) for q in qualities)  # one quality of the range
+    alone = aug.make_augment("none", 3, MEAN, STD, jpeg=1.0)
+    assert alone is not None and torch.equal(alone(x, idx, 1), alone(x, idx, 1))
+    assert aug.make_augment("none", 3, MEAN, STD, jpeg=0.0) is None
+    many, many_idx = batch(16, 32)
+    half = aug.Augment("none", 3, MEAN, STD, jpeg=0.5)(many, many_idx, 1)
+    kept = sum(torch.equal(a, b) for a, b in zip(half, many, strict=True))
+    assert 0 < kept < 16  # seeded draws: some images as they are, some as JPEGs
+    with pytest.raises(ConfigError, match="--augment-jpeg 'high' is not a share"):
+        TrainConfig(augment_jpeg="high")  # a config file's value
+
+
 def test_texture_flips_and_turns_change_the_tensor_but_not_its_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -339,14 +366,19 @@ def test_augmentation_bypasses_the_teacher_cache(
             self.teacher.register_forward_hook(lambda *_: calls.append(self.student.training))
 
     monkeypatch.setattr(train_mod, "STPM", CountingSTPM)
-    for augment, expected in (("none", 2), ("texture", 4), ("object", 4)):
+    for augment, jpeg, expected in (
+        ("none", 0.0, 2),
+        ("texture", 0.0, 4),
+        ("object", 0.0, 4),
+        ("none", 0.5, 4),
+    ):
         calls.clear()
-        out = tmp_path / augment
-        train(tiny(demo_data.root, out, epochs=2, augment=augment))
+        out = tmp_path / f"{augment}_{jpeg}"
+        train(tiny(demo_data.root, out, epochs=2, augment=augment, augment_jpeg=jpeg))
         assert sum(calls) == expected, augment
         summary = json.loads((out / "train_summary.json").read_text())
-        assert summary["augment"] == augment
-        assert summary["teacher_cache"] is (augment == "none")
+        assert (summary["augment"], summary["augment_jpeg"]) == (augment, jpeg)
+        assert summary["teacher_cache"] is (augment == "none" and not jpeg)
         assert load_checkpoint(out / "best.ckpt")["train_config"]["augment"] == augment
 
 

@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "crop-resize), 'object' (brightness/contrast within 8 %%, shift of 3 px per 256); "
         f"turns the teacher-feature cache off (default: {d.augment})",
     )
+    g.add_argument(
+        "--augment-jpeg",
+        type=float,
+        metavar="P",
+        help="with any --augment: each training image, with probability P, as a JPEG of quality "
+        "70-95 (for lines whose frames are compressed: MJPG cameras, RTSP streams); turns the "
+        f"teacher-feature cache off when above 0 (default: {d.augment_jpeg})",
+    )
     m = p.add_argument_group("model")
     m.add_argument(
         "--backbone",
