@@ -16,8 +16,9 @@ The recipe knobs (issue 10), each recorded in ``train_config`` and ``train_summa
   anomaly map over the validation images); lower is better for both. Only the chosen one is
   computed (``val_loss`` or ``val_map_mean`` in the log and checkpoints): one validation pass per
   epoch, so recipes cost the same.
-- ``augment``: ``none``, ``texture`` or ``object`` (``stpm_edge.data.augment``). With augmentation
-  the teacher sees a new image every step, so its features are not cached.
+- ``augment``: ``none``, ``texture`` or ``object``, and ``augment_jpeg``: the share of images seen
+  as JPEGs (``stpm_edge.data.augment``). With augmentation the teacher sees a new image every
+  step, so its features are not cached.
 """
 
 from __future__ import annotations
