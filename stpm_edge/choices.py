@@ -9,6 +9,10 @@ DEFAULT_COLOUR_MODE = "local"
 DEFAULT_COLOUR_GATE_JPEG = 90
 
 
+# the Note: line of an error about it
+GATE_JPEG_FIX = "90 suits compressed live frames; 0 suits lossless ones (stpm_edge.colour_map)"
+
+
 def check_gate_jpeg(quality: int, flag: str = "--colour-gate-jpeg") -> int:
     """``quality`` if it is 0 or a JPEG quality (1-100), else a ``ValueError`` naming ``flag``
     (a config file may hold any value: ``"high"``, ``true``, ``95.5``)."""

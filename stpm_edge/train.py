@@ -43,6 +43,7 @@ from stpm_edge.choices import (
     COLOUR_MODES,
     DEFAULT_COLOUR_GATE_JPEG,
     DEFAULT_COLOUR_MODE,
+    GATE_JPEG_FIX,
     HOST_MEMORY_CHOICES,
     check_gate_jpeg,
 )
@@ -141,7 +142,7 @@ class TrainConfig:
         try:
             self.colour_gate_jpeg = check_gate_jpeg(self.colour_gate_jpeg)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+            raise ConfigError(note(str(exc), GATE_JPEG_FIX)) from exc
         if self.colour_map in COLOUR_MODES:
             check_image_size(self.image_size)  # before training, not after
         if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):

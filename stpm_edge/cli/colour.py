@@ -10,11 +10,12 @@ from stpm_edge.choices import (
     COLOUR_MODES,
     DEFAULT_COLOUR_GATE_JPEG,
     DEFAULT_COLOUR_MODE,
+    GATE_JPEG_FIX,
     check_gate_jpeg,
 )
 from stpm_edge.cli.args import add_colour_gate_args, add_logging_args, add_output_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
-from stpm_edge.errors import ConfigError
+from stpm_edge.errors import ConfigError, note
 
 DESCRIPTION = """Fit the colour statistics map to a trained checkpoint and write a NEW checkpoint.
 
@@ -57,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         gate_jpeg = check_gate_jpeg(args.colour_gate_jpeg)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise ConfigError(note(str(exc), GATE_JPEG_FIX)) from exc
     write_with_colour_map(
         args.checkpoint,
         args.out,
