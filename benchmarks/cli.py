@@ -307,11 +307,16 @@ def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
                     )
                     if args.e2e:
                         jobs.append(Job(model, backend, batch, t, "e2e", **common))
-    for label, path in _peers(args.peer):  # timing only: no profile, no e2e (no stpm metadata)
+    for label, path in _peers(args.peer):  # timing (and profile) only: no e2e, no stpm metadata
         for backend in _peer_backends(label, path, backends):
             for batch in batches:
                 for t in threads:
-                    jobs.append(Job(path, backend, batch, t, "model", peer=label, **common))
+                    tag = f"peer_{label}-{backend}-b{batch}-t{t or 'default'}"
+                    prefix = str(out / "profiles" / tag) if args.profile else None
+                    jobs.append(
+                        Job(path, backend, batch, t, "model", peer=label, profile_prefix=prefix,
+                            **common)
+                    )  # fmt: skip
     if args.torch_baseline:
         if not Path(args.torch_baseline).is_file():
             raise ConfigError(

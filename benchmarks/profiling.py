@@ -60,6 +60,18 @@ def _kernel_events(events: list[dict[str, Any]], skip_first_run: bool) -> list[d
     return nodes
 
 
+def is_convolution(op_type: str) -> bool:
+    """Whether an op type (ONNX Runtime's or OpenVINO's) is a convolution kernel: Conv,
+    QLinearConv, ConvInteger, FusedConv, NhwcFusedConv, Convolution, GroupConvolution."""
+    return "Conv" in op_type
+
+
+def _conv_ms(by_type: dict[str, float], runs: int) -> float:
+    """Convolution kernel time per run (ms) of ``{op type: total us}``: the compute a graph
+    cannot shed by fusing or trimming the ops around it."""
+    return sum(us for op, us in by_type.items() if is_convolution(op)) / 1000.0 / runs
+
+
 def _rows(totals: dict[str, float], counts: dict[str, int], runs: int, top: int) -> list[dict]:
     grand = sum(totals.values()) or 1.0
     ordered = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:top]
@@ -86,7 +98,8 @@ def reduce_ort_profile(
         skip_first_run: drop the first ``model_run`` (allocations, caches) when there are more.
 
     Returns:
-        ``{"runs": int, "node_ms_per_run": float, "by_op_type": [row], "by_node": [row]}`` with
+        ``{"runs", "node_ms_per_run", "conv_ms_per_run", "by_op_type": [row], "by_node": [row]}``
+        (``conv_ms_per_run``: the convolution kernels' share of ``node_ms_per_run``), with
         rows ``{"name", "total_ms", "ms_per_run", "percent", "calls"}`` (by_node rows add
         ``"op_type"``), sorted by time, largest first; ``percent`` is of all node time.
     """
@@ -113,6 +126,7 @@ def reduce_ort_profile(
     return {
         "runs": runs,
         "node_ms_per_run": sum(by_type.values()) / 1000.0 / runs,
+        "conv_ms_per_run": _conv_ms(by_type, runs),
         "by_op_type": _rows(by_type, type_calls, runs, top),
         "by_node": node_rows,
     }
@@ -252,6 +266,7 @@ def reduce_openvino_counts(
     result: dict[str, Any] = {
         "runs": n,
         "node_ms_per_run": sum(by_type.values()) / 1000.0 / n,
+        "conv_ms_per_run": _conv_ms(by_type, n),
         "by_op_type": _rows(by_type, type_calls, n, top),
         "by_node": node_rows,
         "stages": None,

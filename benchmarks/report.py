@@ -119,7 +119,16 @@ def own_best(peer: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, A
         return None
     best = min(ours, key=lambda r: r["latency_ms"]["mean"])
     return {"label": label(best), "latency_ms_mean": best["latency_ms"]["mean"],
-            "speedup": _speedup(peer, best)}  # fmt: skip
+            "speedup": _speedup(peer, best), "conv_floor": conv_floor(peer, best)}  # fmt: skip
+
+
+def conv_floor(peer: dict[str, Any], ours: dict[str, Any]) -> float | None:
+    """Our convolution kernel time / the peer's whole kernel time (both profiled, per run): the
+    latency ratio ours could reach if everything but our convolutions cost nothing. None
+    without both profiles. When it is near a target ratio, only less convolution work (not a
+    cheaper tail or fewer reorders) can reach the target."""
+    conv, whole = ours.get("profile_conv_ms"), peer.get("profile_node_ms")
+    return conv / whole if conv and whole else None
 
 
 def build_report(
@@ -289,7 +298,10 @@ def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
         "Timed in this process with the same batch, threads and warm-up/stop policy, on random "
         "input of the graph's own shape and dtype. No parity, accuracy or verdict claim, and "
         "never recommended. `ours` = our fastest `model` record on the same device, batch and "
-        "threads; `ours vs peer` = peer mean / ours (>1 = ours faster).",
+        "threads; `ours vs peer` = peer mean / ours (>1 = ours faster). With `--profile`: "
+        "`conv floor` = our convolution kernel time / the peer's whole kernel time (ms per "
+        "profiled run), the latency ratio ours could reach if everything but its convolutions "
+        "cost nothing.",
         "",
         *_table([_record_row(r) for r in peers], _HEADER),
         "",
@@ -297,9 +309,11 @@ def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
     rows = []
     for rec in peers:
         best = rec.get("own_best") or {}
+        floor = best.get("conv_floor")
         rows.append([label(rec), _fmt(rec["latency_ms"]["mean"]), best.get("label", "-"),
-                     _fmt(best.get("latency_ms_mean")), _x(best.get("speedup"))])  # fmt: skip
-    header = ["peer", "peer mean", "ours", "ours mean", "ours vs peer"]
+                     _fmt(best.get("latency_ms_mean")), _x(best.get("speedup")),
+                     f"{floor:.2f}x" if floor else "-"])  # fmt: skip
+    header = ["peer", "peer mean", "ours", "ours mean", "ours vs peer", "conv floor"]
     return lines + _table(rows, header) + [""]
 
 
@@ -311,6 +325,10 @@ def _profile_lines(rec: dict[str, Any]) -> list[str]:
         over = stages.get("tail", 0.0) > TAIL_BUDGET
         flag = f" (over the {TAIL_BUDGET:.0%} budget)" if over else ""
         lines += [f"Kernel time by stage: {parts}; distance tail{flag}.", ""]
+    node, conv = rec.get("profile_node_ms"), rec.get("profile_conv_ms")
+    if node:
+        share = f" ({100 * conv / node:.1f}%)" if conv is not None else ""
+        lines += [f"Kernel time {node:.3f} ms per run, convolutions {conv or 0:.3f} ms{share}.", ""]
     for title, key in (("op type", "profile_top"), ("node", "profile_top_nodes")):
         rows = rec.get(key) or []
         if rows:

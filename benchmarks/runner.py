@@ -371,6 +371,9 @@ def _attach_profile(record: dict[str, Any], profile: dict[str, Any] | None) -> N
         record["profile_top"] = profile["by_op_type"]
         record["profile_top_nodes"] = profile["by_node"]
         record["profile_file"] = profile["file"]
+        for key in ("node_ms_per_run", "conv_ms_per_run"):  # absent from TensorRT's layer times
+            if key in profile:
+                record[f"profile_{key.removesuffix('_per_run')}"] = profile[key]
 
 
 def bench_model(job: Job) -> dict[str, Any]:
@@ -399,7 +402,7 @@ def bench_model(job: Job) -> dict[str, Any]:
     if job.profile_prefix and record["runner"].startswith("onnxruntime"):
         profile = _profile_ort(job, feeds)
         _attach_profile(record, profile)
-        if profile and profile.get("file"):
+        if profile and profile.get("file") and not job.peer:  # a peer has no stpm stages
             record["profile_stages"] = _stage_shares(profile["file"], job.model)
     if job.profile_prefix and record["runner"].startswith("openvino") and job.batch == 1:
         profile = _profile_openvino(job, feeds)
@@ -417,7 +420,7 @@ def _profile_openvino(job: Job, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         for _ in range(job.profile_iters):
             runner.infer(feeds)
             runs.append(runner.perf_counts())
-    model = job.model if job.model.endswith(".onnx") else None
+    model = job.model if job.model.endswith(".onnx") and not job.peer else None
     return {"file": None, **reduce_openvino_counts(runs, model, job.profile_top)}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stpm_edge.benchmarks.profiling import reduce_ort_profile
+from stpm_edge.benchmarks.profiling import is_convolution, reduce_ort_profile
 from stpm_edge.errors import ConfigError
 
 
@@ -41,6 +41,7 @@ def test_reduce_by_op_type_and_node(tmp_path: Path) -> None:
     assert by_type["Mul"]["total_ms"] == pytest.approx(0.103)
     assert sum(r["percent"] for r in table["by_op_type"]) == pytest.approx(100.0)
     assert table["node_ms_per_run"] == pytest.approx((800 + 100 + 103) / 1000 / 2)
+    assert table["conv_ms_per_run"] == pytest.approx(800 / 1000 / 2)  # Relu and Mul are not
     nodes = table["by_node"]
     assert [n["name"] for n in nodes] == ["conv1", "conv2", "mul"]
     assert nodes[0]["op_type"] == "Conv" and nodes[0]["ms_per_run"] == pytest.approx(0.3)
@@ -58,3 +59,13 @@ def test_bad_trace_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="broken.json"):
         reduce_ort_profile(path)
+
+
+@pytest.mark.parametrize(
+    ("op", "conv"),
+    [("Conv", True), ("QLinearConv", True), ("ConvInteger", True), ("NhwcFusedConv", True),
+     ("GroupConvolution", True), ("Convolution", True), ("MatMul", False), ("Reorder", False),
+     ("Subgraph", False), ("QLinearMatMul", False)],
+)  # fmt: skip
+def test_convolution_kernels_of_both_engines(op: str, conv: bool) -> None:
+    assert is_convolution(op) is conv

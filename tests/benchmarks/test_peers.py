@@ -116,7 +116,33 @@ def test_peer_ir_runs_on_openvino_only(tmp_path: Path) -> None:
     ir = next(r for r in rep["records"] if r["peer"] == "p_ir")
     assert ir["runner"].startswith("openvino[CPU,f32]") and ir["threads"] == 1
     assert ir["own_best"]["label"].startswith("ours ")
+    assert ir["own_best"]["conv_floor"] is None  # no --profile: no floor
     assert rep["skipped"] == []
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_profiled_peer_gets_kernel_times_and_a_conv_floor(tmp_path: Path, backend: str) -> None:
+    """With --profile a peer is profiled like ours (op tables, kernel and convolution time) but
+    has no stage split (no stpm graph), and the peer table gives the convolution floor."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    peer = foreign_graph(tmp_path / "foreign.onnx")
+    rep = _run(tmp_path, "--backend", backend, "--peer", f"anom={peer}", "--profile",
+               "--profile-iters", "3")  # fmt: skip
+    rec = next(r for r in rep["records"] if r["peer"])
+    ours = next(r for r in rep["records"] if not r["peer"])
+    assert rec["profile_top"] and "Conv" in rec["profile_top"][0]["name"]
+    assert 0 < rec["profile_conv_ms"] <= rec["profile_node_ms"]
+    assert rec.get("profile_stages") is None and ours["profile_stages"] is not None
+    floor = rec["own_best"]["conv_floor"]
+    assert floor == pytest.approx(ours["profile_conv_ms"] / rec["profile_node_ms"])
+    peer_row = next(
+        line
+        for line in rep["md"].split("## Peers")[1].splitlines()
+        if line.startswith("| peer:") and line.count("|") == 7
+    )
+    assert peer_row.rstrip(" |").endswith(f"{floor:.2f}x")
+    assert "Kernel time" in rep["md"].split("### peer:anom")[1]
 
 
 @pytest.mark.parametrize(
