@@ -123,12 +123,14 @@ def own_best(peer: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, A
 
 
 def conv_floor(peer: dict[str, Any], ours: dict[str, Any]) -> float | None:
-    """Our convolution kernel time / the peer's whole kernel time (both profiled, per run): the
-    latency ratio ours could reach if everything but our convolutions cost nothing. None
-    without both profiles. When it is near a target ratio, only less convolution work (not a
-    cheaper tail or fewer reorders) can reach the target."""
-    conv, whole = ours.get("profile_conv_ms"), peer.get("profile_node_ms")
-    return conv / whole if conv and whole else None
+    """The latency ratio ours / peer if everything but our convolutions cost nothing: our
+    convolution share of kernel time (profiled) x our mean latency / the peer's (timed, so in
+    the same interleaved rounds). None without our profile. When it is near a target ratio, only
+    less convolution work (not a cheaper tail or fewer reorders) can reach the target."""
+    conv, node = ours.get("profile_conv_ms"), ours.get("profile_node_ms")
+    if not conv or not node:
+        return None
+    return conv / node * ours["latency_ms"]["mean"] / peer["latency_ms"]["mean"]
 
 
 def build_report(
@@ -299,9 +301,8 @@ def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
         "input of the graph's own shape and dtype. No parity, accuracy or verdict claim, and "
         "never recommended. `ours` = our fastest `model` record on the same device, batch and "
         "threads; `ours vs peer` = peer mean / ours (>1 = ours faster). With `--profile`: "
-        "`conv floor` = our convolution kernel time / the peer's whole kernel time (ms per "
-        "profiled run), the latency ratio ours could reach if everything but its convolutions "
-        "cost nothing.",
+        "`conv floor` = the latency ratio ours / peer if everything but our convolutions cost "
+        "nothing: our convolution share of kernel time x our mean / the peer's mean.",
         "",
         *_table([_record_row(r) for r in peers], _HEADER),
         "",
