@@ -110,6 +110,24 @@ class ColourStats:
     centre: torch.Tensor | None = None  # local mode: (3, 1, 1), the colour W is centred on
     gate_jpeg: int = 0  # the scales' JPEG copies (GATE_JPEG_QUALITY); 0 = none (older fits)
 
+    # local mode's names for what its two tensors hold (the payload keeps the keys of the other
+    # modes, so every checkpoint's entry has one shape of dict)
+    @property
+    def candidates(self) -> torch.Tensor:
+        """``local`` mode: the whitened candidate colours (K, 3, g, g), stored as ``mean``."""
+        self._require_local("candidates")
+        return self.mean
+
+    @property
+    def whiten(self) -> torch.Tensor:
+        """``local`` mode: the whitening matrix W (3, 3, 1, 1), stored as ``precision``."""
+        self._require_local("whiten")
+        return self.precision
+
+    def _require_local(self, name: str) -> None:
+        if self.mode != "local":
+            raise ConfigError(f"ColourStats.{name} is local mode's; this is mode {self.mode!r}")
+
     def to_payload(self) -> dict[str, Any]:
         entry = {
             "mode": self.mode,
@@ -280,10 +298,10 @@ class ColourMap(nn.Module):
         # in the graph: initializers colour.<buffer> (the submodule's name is part of them)
         self.window = cell_window(image_size)
         if stats.mode == "local":  # colour.centre, colour.whiten, colour.bank, colour.bank_norm
-            candidates = stats.mean.float().flatten(2).permute(2, 1, 0)  # (g*g, 3, K)
+            candidates = stats.candidates.float().flatten(2).permute(2, 1, 0)  # (g*g, 3, K)
             assert stats.centre is not None, "local mode has a centre (from_payload checks it)"
             self.register_buffer("centre", stats.centre.float().clone().unsqueeze(0))
-            self.register_buffer("whiten", stats.precision.float().clone().unsqueeze(0))
+            self.register_buffer("whiten", stats.whiten.float().clone().unsqueeze(0))
             self.register_buffer("bank", -2.0 * candidates.contiguous())
             self.register_buffer("bank_norm", (candidates * candidates).sum(1, keepdim=True))
         else:  # colour.mean, colour.precision

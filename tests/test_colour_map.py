@@ -180,11 +180,20 @@ def test_local_distance_is_the_nearest_whitened_candidate() -> None:
     colour = fitted("local", n=6)
     cells = cm.cell_colours(texture(np.random.default_rng(5), 2), cm.cell_window(SIZE))
     got = colour.distance(cells)
-    w, candidates = colour.stats.precision[:, :, 0, 0], colour.stats.mean  # W, (K, 3, g, g)
+    w, candidates = colour.stats.whiten[:, :, 0, 0], colour.stats.candidates  # W, (K, 3, g, g)
     z = torch.einsum("ij,bjhw->bihw", w, cells - colour.stats.centre)
     brute = ((z.unsqueeze(1) - candidates.unsqueeze(0)) ** 2).sum(2).amin(1, keepdim=True)
     assert candidates.shape[0] == 6 * (2 * cm.RADIUS + 1) ** 2
     torch.testing.assert_close(got, brute, rtol=1e-4, atol=1e-4)
+
+
+def test_local_names_are_refused_in_other_modes() -> None:
+    """``candidates`` / ``whiten`` name local mode's tensors; on a mean and covariance they would
+    hand a caller the wrong thing, so they raise instead."""
+    aligned = fitted("aligned", n=4).stats
+    for name in ("candidates", "whiten"):
+        with pytest.raises(ConfigError, match=f"{name} is local mode's"):
+            getattr(aligned, name)
 
 
 def test_local_mode_tolerates_a_shift_of_radius_cells_and_no_more() -> None:
