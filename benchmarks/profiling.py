@@ -62,8 +62,9 @@ def _kernel_events(events: list[dict[str, Any]], skip_first_run: bool) -> list[d
 
 def is_convolution(op_type: str) -> bool:
     """Whether an op type (ONNX Runtime's or OpenVINO's) is a convolution kernel: Conv,
-    QLinearConv, ConvInteger, FusedConv, NhwcFusedConv, Convolution, GroupConvolution."""
-    return "Conv" in op_type
+    QLinearConv, FusedConv, NhwcFusedConv, ConvInteger, ConvTranspose, Convolution,
+    GroupConvolution. Not OpenVINO's ``Convert`` (a type cast), which a substring test would take."""
+    return op_type.endswith(("Conv", "Convolution", "ConvInteger", "ConvTranspose"))
 
 
 def _conv_ms(by_type: dict[str, float], runs: int) -> float:

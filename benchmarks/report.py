@@ -314,7 +314,7 @@ def _peer_lines(peers: list[dict[str, Any]]) -> list[str]:
         rows.append([label(rec), _fmt(rec["latency_ms"]["mean"]), best.get("label", "-"),
                      _fmt(best.get("latency_ms_mean")), _x(best.get("speedup")),
                      f"{floor:.2f}x" if floor else "-"])  # fmt: skip
-    header = ["peer", "peer mean", "ours", "ours mean", "ours vs peer", "conv floor"]
+    header = ["peer", "peer mean", "ours", "ours mean", "ours vs peer", "conv floor (ours / peer)"]
     return lines + _table(rows, header) + [""]
 
 

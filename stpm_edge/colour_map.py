@@ -126,7 +126,8 @@ class ColourStats:
 
     def _require_local(self, name: str) -> None:
         if self.mode != "local":
-            raise ConfigError(f"ColourStats.{name} is local mode's; this is mode {self.mode!r}")
+            # a programming error, not a user's: the attribute does not exist in this mode
+            raise AttributeError(f"ColourStats.{name} is local mode's; this is mode {self.mode!r}")
 
     def to_payload(self) -> dict[str, Any]:
         entry = {

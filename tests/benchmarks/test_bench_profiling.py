@@ -65,7 +65,8 @@ def test_bad_trace_file(tmp_path: Path) -> None:
     ("op", "conv"),
     [("Conv", True), ("QLinearConv", True), ("ConvInteger", True), ("NhwcFusedConv", True),
      ("GroupConvolution", True), ("Convolution", True), ("MatMul", False), ("Reorder", False),
-     ("Subgraph", False), ("QLinearMatMul", False)],
+     ("Subgraph", False), ("QLinearMatMul", False), ("Convert", False), ("ConvInteger", True),
+     ("QLinearConvTranspose", True)],
 )  # fmt: skip
 def test_convolution_kernels_of_both_engines(op: str, conv: bool) -> None:
     assert is_convolution(op) is conv
