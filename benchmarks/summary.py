@@ -37,12 +37,13 @@ LEGEND = (
     "of the record's precision measured in the same run (int8, bf16 or fp32, as named); tail = the "
     f"distance tail's share of kernel time (profiled records), `(>{TAIL_BUDGET:.0%})` = over "
     "issue 12's budget; ours vs peer = our fastest model record's mean latency / the peer's "
-    "(the report's `own_best`): a latency ratio, lower is faster, <1x = ours faster."
+    "(the report's `own_best`): a latency ratio, lower is faster, <1x = ours faster; conv floor "
+    "= that ratio if everything but our convolutions cost nothing (profiled reports only)."
 )
 _OURS = ["model", "backend", "precision", "batch", "threads", "p50 ms", "img/s", "G(FL)OP/s",
          "roofline", "tail"]  # fmt: skip
 _PEERS = ["peer", "backend", "batch", "threads", "peer p50 ms", "peer mean ms", "ours (fastest)",
-          "ours mean ms", "ours vs peer"]  # fmt: skip
+          "ours mean ms", "ours vs peer", "conv floor"]  # fmt: skip
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -96,7 +97,8 @@ def peer_row(rec: dict[str, Any]) -> list[str]:
     ratio = None if ours is None else ours / rec["latency_ms"]["mean"]
     return [rec["peer"], rec["backend"], str(rec["batch"]), _threads(rec),
             _fmt(rec["latency_ms"]["p50"]), _fmt(rec["latency_ms"]["mean"]),
-            best.get("label", "none measured"), _fmt(ours), _x(ratio)]  # fmt: skip
+            best.get("label", "none measured"), _fmt(ours), _x(ratio),
+            _x(best.get("conv_floor"))]  # fmt: skip
 
 
 def _recommendation(rec: dict[str, Any] | None) -> str:

@@ -92,7 +92,14 @@ def test_peer_ratio_is_our_latency_over_the_peers(tmp_path: Path) -> None:
     peer_row = cells[-1]
     assert peer_row[4:6] == ["9.90", "10.00"]  # peer p50, mean
     assert peer_row[6].startswith("int8_cpu ort-cpu int8 b1 t2")  # our fastest, not openvino
-    assert peer_row[7:] == ["7.40", "0.74x"]
+    assert peer_row[7:] == ["7.40", "0.74x", "-"]  # not profiled: no conv floor
+
+
+def test_peer_row_gives_the_reports_conv_floor(tmp_path: Path) -> None:
+    ours = _record("int8_cpu", "int8", 8.0, profile_node_ms=6.0, profile_conv_ms=5.4)
+    peer = _record("peer:anomalib", None, 10.0, peer="anomalib")
+    lines = summarize(_write(tmp_path, [ours, peer]))
+    assert _cells(lines)[-1][-2:] == ["0.80x", "0.72x"]  # 0.9 of our 8.0 ms / the peer's 10.0
 
 
 def test_batch_and_threads_filters(tmp_path: Path) -> None:
