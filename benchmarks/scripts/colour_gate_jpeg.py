@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +129,14 @@ def main() -> None:
                 args.recipe, seed, category, variants, args.test_quality
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"recipe": str(args.recipe), "test_quality": args.test_quality, "results": results}
+    command = "python " + shlex.join(sys.argv)
+    record = {"command": command, "recipe": str(args.recipe), "test_quality": args.test_quality,
+              "results": results}  # fmt: skip
     (args.out / "colour_gate_jpeg.json").write_text(json.dumps(record, indent=1) + "\n")
-    head = f"JPEG copies at quality {args.test_quality}; mean over seeds {args.seeds}.\n\n"
+    head = (
+        f"Made by `{command}`.\n\n"
+        f"JPEG copies at quality {args.test_quality}; mean over seeds {args.seeds}.\n\n"
+    )
     (args.out / "colour_gate_jpeg.md").write_text(head + _table(results, variants))
     print(head + _table(results, variants))
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import cv2
@@ -109,7 +111,8 @@ def main() -> None:
             rows.append({"category": category, "kind": kind, "oracle": o, "ours": us})
     lines = [
         f"Mask oracle vs `{args.recipe.name}` (image AUROC, good vs that stain type, mean ± std "
-        f"over seeds {args.seeds}); made by `benchmarks/scripts/stain_oracle.py` (its docstring).",
+        f"over seeds {args.seeds}); made by `python {shlex.join(sys.argv)}` (what it measures: the "
+        "script's docstring).",
         "",
         "The oracle is a bound on the photo textures only (brick, grass, gravel): on the parts "
         "its ring crosses other components and the background.",
@@ -125,7 +128,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines))
     args.out.with_suffix(".json").write_text(
-        json.dumps({"recipe": str(args.recipe), "seeds": seeds, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "command": "python " + shlex.join(sys.argv),
+                "recipe": str(args.recipe),
+                "seeds": seeds,
+                "rows": rows,
+            },
+            indent=2,
+        )
     )
     print("\n".join(lines))
 
