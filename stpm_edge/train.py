@@ -288,7 +288,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _loaders(cfg: TrainConfig, model_cfg: ModelConfig):
+def train_val_datasets(cfg: TrainConfig, model_cfg: ModelConfig):
+    """The recipe's (training, validation) image datasets: its data's good training images split
+    by ``cfg.val_fraction`` and ``cfg.seed`` (what ``train`` and the training benchmarks read)."""
     from stpm_edge.data import load_training_source, split_train_val
     from stpm_edge.data.torch_dataset import ImageDataset
 
@@ -396,7 +398,7 @@ def train(cfg: TrainConfig) -> Path:
     )
     autocast = resolve_autocast(cfg.amp, device)
     scaler = autocast.grad_scaler()
-    train_set, val_set = _loaders(cfg, model_cfg)
+    train_set, val_set = train_val_datasets(cfg, model_cfg)
     schedule = Schedule.of(cfg, len(train_set))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.effective(schedule), sort_keys=False))
     start_epoch, best = 0, math.inf
@@ -423,7 +425,7 @@ def train(cfg: TrainConfig) -> Path:
     cache = teacher_cache(cfg, model, len(train_set))
     val_cache = TeacherFeatureCache(model, len(val_set))
     for epoch in range(start_epoch, schedule.epochs):
-        train_loss, ips = _train_epoch(
+        train_loss, ips = train_epoch(
             model, optimizer, scaler, train_set, cfg, epoch, device, autocast, cache, schedule
         )
         val = _validate(model, val_set, cfg, device, val_cache)
@@ -534,7 +536,7 @@ class TeacherFeatureCache:
         return feats
 
 
-def _train_epoch(
+def train_epoch(
     model, optimizer, scaler, dataset, cfg, epoch, device, autocast, cache=None, schedule=None
 ) -> tuple[float, float]:
     """One epoch: (mean train loss in the paper's scale, images per second).

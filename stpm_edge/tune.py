@@ -182,7 +182,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     from stpm_edge.data.torch_dataset import ImageDataset
     from stpm_edge.host_memory import apply_host_memory
     from stpm_edge.mixed_precision import resolve_autocast
-    from stpm_edge.train import TrainConfig, _train_epoch, resolve_device
+    from stpm_edge.train import TrainConfig, resolve_device, train_epoch
 
     known = set(TrainConfig.__dataclass_fields__)
     trained = {k: v for k, v in (payload.get("train_config") or {}).items() if k in known}
@@ -203,7 +203,7 @@ def _fine_tune(model, payload: dict[str, Any], cfg: TuneConfig, samples: list) -
     torch.manual_seed(cfg.seed)
     losses = []
     for epoch in range(cfg.epochs):
-        loss, _ = _train_epoch(model, optimizer, scaler, dataset, tcfg, epoch, device, autocast)
+        loss, _ = train_epoch(model, optimizer, scaler, dataset, tcfg, epoch, device, autocast)
         losses.append(loss)
         logger.info("tune epoch %d/%d: train loss %.4f", epoch + 1, cfg.epochs, loss)
     model.eval()

@@ -2,7 +2,7 @@
 
     python benchmarks/scripts/train_loop_amp.py --data D --category gravel --out benchmarks/reports/cpu-epyc-2core/train_speed/loop_amp.json
 
-``train_step_layout.py`` times the student's step alone; this runs ``stpm_edge.train._train_epoch``
+``train_step_layout.py`` times the student's step alone; this runs ``stpm_edge.train.train_epoch``
 (the data loader, the cached teacher features, the step, the optimizer) on a benchmark category
 with the default recipe, so it shows what ``--amp bf16`` changes in a real run. Each round runs
 ``--epochs`` epochs per setting on a fresh model after one warm-up epoch (the teacher cache fill).
@@ -20,7 +20,7 @@ from timing_common import environment, interleaved
 
 from stpm_edge.mixed_precision import resolve_autocast
 from stpm_edge.model import STPM
-from stpm_edge.train import TeacherFeatureCache, TrainConfig, _loaders, _train_epoch
+from stpm_edge.train import TeacherFeatureCache, TrainConfig, train_epoch, train_val_datasets
 
 SETTINGS = ("off", "bf16")
 
@@ -28,17 +28,17 @@ SETTINGS = ("off", "bf16")
 def seconds_per_epoch(cfg: TrainConfig, amp: str, epochs: int) -> float:
     torch.manual_seed(cfg.seed)
     model = STPM(cfg.model_config())
-    train_set, _ = _loaders(cfg, model.config)
+    train_set, _ = train_val_datasets(cfg, model.config)
     cache = TeacherFeatureCache(model, len(train_set))
     optimizer = torch.optim.SGD(
         model.student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     autocast, device = resolve_autocast(amp, torch.device("cpu")), torch.device("cpu")
     scaler = autocast.grad_scaler()
-    _train_epoch(model, optimizer, scaler, train_set, cfg, 0, device, autocast, cache)  # warm-up
+    train_epoch(model, optimizer, scaler, train_set, cfg, 0, device, autocast, cache)  # warm-up
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        _train_epoch(model, optimizer, scaler, train_set, cfg, epoch, device, autocast, cache)
+        train_epoch(model, optimizer, scaler, train_set, cfg, epoch, device, autocast, cache)
     return (time.perf_counter() - start) / epochs
 
 
