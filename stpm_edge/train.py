@@ -49,7 +49,7 @@ from stpm_edge.choices import (
 )
 from stpm_edge.colour_map import SIZE_MULTIPLE as COLOUR_SIZE_MULTIPLE
 from stpm_edge.colour_map import check_image_size, fit_for_checkpoint, grids
-from stpm_edge.data.augment import AUGMENTATIONS, make_augment
+from stpm_edge.data.augment import AUGMENTATIONS, augments, make_augment
 from stpm_edge.errors import ConfigError, note
 from stpm_edge.host_memory import apply_host_memory
 from stpm_edge.mixed_precision import Autocast, normalise_amp, resolve_autocast
@@ -452,7 +452,7 @@ def train(cfg: TrainConfig) -> Path:
 def teacher_cache(cfg: TrainConfig, model: STPM, num_images: int) -> TeacherFeatureCache | None:
     """The teacher-feature cache, or ``None`` with augmentation: an augmented image is a new image
     every epoch, so a cached feature would belong to another picture."""
-    if cfg.augment != "none" or cfg.augment_jpeg:
+    if augments(cfg.augment, cfg.augment_jpeg):
         return None
     return TeacherFeatureCache(model, num_images)
 

@@ -39,6 +39,12 @@ OBJECT_MAX_SHIFT = 3 / 256  # of the side: 3 px at 256 px, at least 1 px
 JPEG_QUALITIES = (70, 95)
 
 
+def augments(kind: str, jpeg: float = 0.0) -> bool:
+    """Whether ``kind`` and a JPEG share ``jpeg`` change the training images at all (then every
+    epoch sees new images: no cached teacher features, ``make_augment`` returns an Augment)."""
+    return kind != "none" or bool(jpeg)
+
+
 class Augment:
     """``augment(x, indices, epoch)``: the augmented batch, a new tensor of ``x``'s shape."""
 
@@ -50,7 +56,7 @@ class Augment:
         std: Sequence[float],
         jpeg: float = 0.0,
     ) -> None:
-        if kind not in AUGMENTATIONS or (kind == "none" and not jpeg):
+        if kind not in AUGMENTATIONS or not augments(kind, jpeg):
             raise ValueError(f"unknown augmentation {kind!r}; expected one of {AUGMENTATIONS[1:]}")
         if not 0.0 <= jpeg <= 1.0:
             raise ValueError(f"JPEG augmentation share {jpeg} is not a probability")
@@ -122,4 +128,4 @@ def make_augment(
 ) -> Augment | None:
     """The augmentation ``kind`` names (plus JPEG round trips with probability ``jpeg``), or
     ``None`` for ``"none"`` without them (the batch is used as is)."""
-    return None if kind == "none" and not jpeg else Augment(kind, seed, mean, std, jpeg)
+    return Augment(kind, seed, mean, std, jpeg) if augments(kind, jpeg) else None
