@@ -300,8 +300,7 @@ def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
         for backend in backends:
             for batch in batches:
                 for t in threads:
-                    tag = f"{Path(model).stem}-{backend}-b{batch}-t{t or 'default'}"
-                    prefix = str(out / "profiles" / tag) if args.profile else None
+                    prefix = _profile_prefix(args, out, Path(model).stem, backend, batch, t)
                     jobs.append(
                         Job(model, backend, batch, t, "model", profile_prefix=prefix, **common)
                     )
@@ -311,8 +310,7 @@ def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
         for backend in _peer_backends(label, path, backends):
             for batch in batches:
                 for t in threads:
-                    tag = f"peer_{label}-{backend}-b{batch}-t{t or 'default'}"
-                    prefix = str(out / "profiles" / tag) if args.profile else None
+                    prefix = _profile_prefix(args, out, f"peer_{label}", backend, batch, t)
                     jobs.append(
                         Job(path, backend, batch, t, "model", peer=label, profile_prefix=prefix,
                             **common)
@@ -326,6 +324,16 @@ def _jobs(args: argparse.Namespace, out: Path, policy: LoopPolicy) -> list[Job]:
             for t in threads:
                 jobs.append(Job(args.torch_baseline, "torch", batch, t, "torch", **common))
     return jobs
+
+
+def _profile_prefix(
+    args: argparse.Namespace, out: Path, name: str, backend: str, batch: int, threads: int | None
+) -> str | None:
+    """Where a model job's profiler trace goes (``out/profiles/NAME-BACKEND-bB-tT``), or None
+    without ``--profile``."""
+    if not args.profile:
+        return None
+    return str(out / "profiles" / f"{name}-{backend}-b{batch}-t{threads or 'default'}")
 
 
 def _tag(job: Job) -> str:
