@@ -45,9 +45,10 @@ CATEGORIES = ("brick", "grass", "gravel", "gear", "pcb", "washer", "label")
 
 def _planes(images: np.ndarray, kind: str) -> np.ndarray:
     """(N, S, S, 3) uint8 RGB -> (N, S, S, C) float: log-luminance (C=1) or log-chromaticity (2)."""
-    x = np.log(images.astype(np.float32) + 1.0)
+    pixels = images.astype(np.float32)
     if kind == "stain_intensity":
-        return np.log(images.astype(np.float32).mean(-1, keepdims=True) + 1.0)
+        return np.log(pixels.mean(-1, keepdims=True) + 1.0)
+    x = np.log(pixels + 1.0)
     return np.stack([x[..., 0] - x[..., 1], x[..., 2] - x[..., 1]], axis=-1)
 
 
