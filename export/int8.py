@@ -4,9 +4,13 @@ ONNX Runtime's quantisation tooling in QDQ format. Only the backbones are quanti
 convolutions (per-channel weights), residual additions, and the ReLU6 clips and paddings between
 them. Pre-processing and the distance tail — normalisation, distances, upsampling, product,
 score — stay float32, because their small values are exactly what 8 bits cannot hold. Of the
-backbones, the ONNX Runtime recipes keep each network's stem and the backbone's registered
-``int8_float`` modules in float32 (efficientnet_lite0: the blocks up to its finest feature, whose
-8-bit activations cost up to 0.038 image AUROC on the benchmark; ``float_nodes``).
+backbones, every target keeps each network's stem and the backbone's registered ``int8_float``
+modules in float32 (efficientnet_lite0: the blocks up to its finest feature, whose 8-bit
+activations cost up to 0.038 image AUROC on the benchmark; ``float_nodes``).
+
+Weights of the cpu and openvino targets are 7-bit (``PAIR_SAFE_WEIGHT``): x86 CPUs without VNNI
+add pairs of u8 x s8 products in int16, which 8-bit weights saturate, so an 8-bit graph scores
+differently on an AVX2 CPU than on a VNNI one.
 
 One graph cannot mean the same and run fast on both runtimes, so the file is written for a target
 (recorded as ``stpm.int8_target``):
@@ -148,6 +152,39 @@ def float_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     ]
 
 
+# The largest |int8 weight| whose u8 x s8 products a CPU without VNNI can add in pairs without
+# saturating int16 (VPMADDUBSW): 2 * 255 * 64 = 32640 <= 32767 (QuantRecipe.reduce_range). It
+# matters for dense convolutions only: ONNX Runtime's and OpenVINO's depthwise kernels gave the same
+# output with 8-bit weights on an AVX2 and a VNNI CPU (NNCF's overflow fix leaves them 8-bit).
+PAIR_SAFE_WEIGHT = 64
+
+
+def _depthwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return group > 1 and len(weight.dims) > 1 and weight.dims[1] == 1
+
+
+def largest_dense_weight(model: onnx.ModelProto) -> int | None:
+    """Largest |value| among the int8 weights the graph's dense (not depthwise) convolutions
+    dequantise; None when none reads quantised weights (a float graph)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_of = {
+        n.output[0]: inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    }
+    largest = None
+    for node in model.graph.node:
+        weight = weight_of.get(node.input[1]) if node.op_type == "Conv" else None
+        if weight is None or weight.data_type != onnx.TensorProto.INT8 or _depthwise(node, weight):
+            continue
+        value = int(np.abs(numpy_helper.to_array(weight).astype(np.int32)).max())
+        largest = value if largest is None else max(largest, value)
+    return largest
+
+
 INT8_TARGETS = ("cpu", "tensorrt", "openvino")
 
 
@@ -162,6 +199,13 @@ class QuantRecipe:
     # U8S8 with quantised stems lost 0.006 image AUROC on gravel. The backbone's ``int8_float``
     # modules stay float32 too (its registry entry says what they are and why).
     float_head: bool = False
+    # 7-bit weights ([-64, 64]) so the graph means the same on every x86 CPU. Without VNNI (AVX2,
+    # AVX-512 before Cascade Lake) the integer kernels multiply u8 x s8 pairs and add each pair
+    # into int16 (VPMADDUBSW), which saturates above 32767: 255 * 127 * 2 does not fit, 255 * 64 * 2
+    # does. Measured with the default's grass checkpoint (seed 1) on QEMU's Haswell CPU: 8-bit
+    # weights moved the score 7-9 % away from float32 there against 2 % on this VNNI CPU; 7-bit
+    # weights give the same output, to the bit, on both.
+    reduce_range: bool = False
 
 
 RECIPES = {
@@ -169,6 +213,7 @@ RECIPES = {
         "QUInt8",
         {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True},
         float_head=True,
+        reduce_range=True,
     ),
     # TensorRT: "`y_zero_point` must be 0" (QuantizeLinear), DequantizeLinear takes INT8/FP8/INT4
     # only (onnx-tensorrt docs/operators.md); QDQKeepRemovableActivations keeps the ReLU6 Clips.
@@ -257,6 +302,7 @@ def _quantize_ort(
             op_types_to_quantize=list(op_types),
             nodes_to_exclude=outside,
             per_channel=True,
+            reduce_range=recipe.reduce_range,
             activation_type=getattr(QuantType, recipe.activation_type),
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],

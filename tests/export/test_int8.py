@@ -20,23 +20,6 @@ TAIL_OPS = ("ReduceSum", "Sqrt", "Resize", "TopK", "ReduceMax", "ReduceMean")
 
 
 @pytest.fixture(scope="module")
-def int8_path(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("int8") / "model_int8.onnx"
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = export_main(
-            [str(best_ckpt), "-o", str(path), "--int8", "--calib", str(demo_data.train_good), "-q"]
-        )
-    assert rc == 0, err.getvalue()
-    return path
-
-
-@pytest.fixture(scope="module")
-def int8(int8_path: Path) -> onnx.ModelProto:
-    return onnx.load(int8_path)
-
-
-@pytest.fixture(scope="module")
 def trt_int8_path(best_ckpt: Path, demo_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``stpm-export --int8 --target tensorrt``: the graph for TensorRT's explicit quantisation."""
     path = tmp_path_factory.mktemp("int8_trt") / "model_int8_trt.onnx"
