@@ -61,9 +61,9 @@ class BackboneSpec:
     weights: WeightsCfg
     min_size_multiple: int = 16
     offline: bool = field(default=False)
-    # modules (direct children of the trunk) the INT8 graphs quantised by ONNX Runtime's tooling
-    # (``--target cpu`` and ``tensorrt``) keep float32 besides the stem: where 8-bit activations
-    # cost accuracy, measured per backbone
+    # modules (direct children of the trunk) every INT8 target (``cpu``, ``tensorrt``,
+    # ``openvino``) keeps float32 besides the stem: where 8-bit activations cost accuracy,
+    # measured per backbone
     int8_float: tuple[str, ...] = ()
 
     @property

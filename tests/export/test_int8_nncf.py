@@ -13,12 +13,14 @@ from stpm_edge.export import int8, int8_nncf
 SIZE = 16
 
 
-def tiny_fused_graph(tail_reads_relu: bool = False) -> onnx.ModelProto:
+def tiny_fused_graph(
+    tail_reads_relu: bool = False, convs: tuple[str, str] = ("/pair/Conv", "/pair/Conv_1")
+) -> onnx.ModelProto:
     """uint8 NHWC -> /pair/ conv-relu-conv (the 'backbone') -> float tail (square, mean, max).
 
     ``tail_reads_relu``: the tail also squares the ReLU output, which the second conv reads
     quantised (a feature used by both the next layer and the tail, as every STPM scale but the
-    last)."""
+    last). ``convs``: the two convolutions' node names (resnet18's stem is ``conv1``)."""
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w1"),
@@ -30,9 +32,9 @@ def tiny_fused_graph(tail_reads_relu: bool = False) -> onnx.ModelProto:
         helper.make_node("Cast", ["image"], ["xf"], name="/Cast", to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["xf"], ["xt"], name="/Transpose", perm=[0, 3, 1, 2]),
         helper.make_node("Mul", ["xt", "inv255"], ["x"], name="/Mul"),
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="/pair/Conv", pads=[1] * 4),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name=convs[0], pads=[1] * 4),
         helper.make_node("Relu", ["c1"], ["r1"], name="/pair/Relu"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="/pair/Conv_1", pads=[1] * 4),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name=convs[1], pads=[1] * 4),
         helper.make_node("Mul", ["c2", "c2"], ["sq"], name="/Mul_1"),
         helper.make_node(
             "ReduceMean",
@@ -64,7 +66,12 @@ def tiny_fused_graph(tail_reads_relu: bool = False) -> onnx.ModelProto:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    helper.set_model_props(model, {"stpm.precision": "fp32", "stpm.format": "stpm-edge-onnx/1"})
+    props = {
+        "stpm.precision": "fp32",
+        "stpm.format": "stpm-edge-onnx/1",
+        "stpm.backbone": "resnet18",
+    }
+    helper.set_model_props(model, props)
     onnx.checker.check_model(model)
     return model
 
@@ -101,6 +108,26 @@ def test_quantize_nncf_backbone_only() -> None:
     assert np.isfinite(got["anomaly_map"]).all()
     rel = np.abs(got["score"] - want["score"]) / np.abs(want["score"])
     assert rel.max() < 0.2  # 8-bit backbone, float tail: close, not equal
+
+
+def test_stem_stays_float_and_weights_fit_cpus_without_vnni() -> None:
+    """The openvino target keeps the backbone's float head (here resnet18's stem ``conv1``) like
+    the ONNX Runtime targets, and NNCF's overflow fix keeps dense weights in 7 bits, so OpenVINO's
+    kernels do not saturate on CPUs without VNNI."""
+    pytest.importorskip("nncf", reason="nncf not installed (pip install '.[quantization]')")
+    names = ("/pair/teacher/conv1/Conv", "/pair/teacher/layer1/Conv")
+    q = int8_nncf.quantize_nncf(tiny_fused_graph(convs=names), _frames(8), subset_size=8)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    convs = {n.name: n for n in q.graph.node if n.op_type == "Conv"}
+    assert producers.get(convs[names[0]].input[1]) is None  # the stem reads float32 weights
+    assert producers[convs[names[1]].input[1]].op_type == "DequantizeLinear"
+    # no stem: both convolutions 8-bit activations, both with 7-bit weights (not only the first)
+    names = ("/pair/teacher/layer1/Conv", "/pair/teacher/layer2/Conv")
+    q = int8_nncf.quantize_nncf(tiny_fused_graph(convs=names), _frames(8), subset_size=8)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    weights = [producers[n.input[1]] for n in q.graph.node if n.op_type == "Conv"]
+    assert [w.op_type for w in weights] == ["DequantizeLinear"] * 2
+    assert int8.largest_dense_weight(q) <= int8.PAIR_SAFE_WEIGHT
 
 
 def test_tail_reads_the_dequantised_features() -> None:
