@@ -31,6 +31,8 @@ PRECISIONS: dict[str, list[str]] = {
     "fp32": [],
     "fp16": ["--fp16"],
     "int8": ["--int8", "--calib", "{calib}"],
+    # NNCF's graph for OpenVINO: score it with --backend openvino
+    "int8_openvino": ["--int8", "--target", "openvino", "--calib", "{calib}"],
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stpm_edge.cli.evaluate import main as eval_main
-from stpm_edge.errors import DataError
+from stpm_edge.errors import DataError, StpmEdgeError
 from stpm_edge.quality_parity import data_root, export_parity
 
 
@@ -52,6 +52,11 @@ def test_exported_graphs_are_reused_and_errors_name_the_fix(recipe: Path, tmp_pa
     calls = []
     export_parity(recipe, ("fp32",), export=lambda argv: calls.append(argv) or 0)
     assert calls == []  # fp32.onnx exists from the test above or is exported now
+    with pytest.raises(StpmEdgeError, match="stpm-export failed"):  # the fake export fails
+        export_parity(recipe, ("int8_openvino",), export=lambda argv: calls.append(argv) or 1)
+    (argv,) = calls
+    assert argv[1:3] == ["-o", str(recipe / "seed0" / "brick" / "export" / "int8_openvino.onnx")]
+    assert argv[4:7] == ["--int8", "--target", "openvino"]
     with pytest.raises(DataError, match="unknown precision"):
         export_parity(recipe, ("int4",))
     with pytest.raises(DataError, match="quality run"):

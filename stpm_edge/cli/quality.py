@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("recipe", type=Path, help="a recipe folder made by `run` or `colour`")
     parity.add_argument("--seeds", type=_ints, default=None, help="only these seeds (default: all)")
     parity.add_argument(
-        "--precisions", default="fp32,fp16,int8", help="comma-separated: fp32, fp16, int8"
+        "--precisions",
+        default="fp32,fp16,int8",
+        help="comma-separated: fp32, fp16, int8 (--target cpu), int8_openvino (--target openvino, "
+        "for --backend openvino)",
     )
     parity.add_argument("--backend", default="ort-cpu", help="runtime backend that scores them")
     return parser
