@@ -102,7 +102,8 @@ def quantize_nncf(
             f"INT8 (NNCF): no node named {' or '.join(BACKBONE_SCOPES)}... to quantise "
             "(unexpected graph)"
         )
-    backbone = [n.name for n in graph.graph.node if n.name not in set(ignored)]
+    tail = set(ignored)
+    backbone = [n.name for n in graph.graph.node if n.name not in tail]
     presets = {
         "performance": nncf.QuantizationPreset.PERFORMANCE,
         "mixed": nncf.QuantizationPreset.MIXED,

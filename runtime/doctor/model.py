@@ -94,7 +94,7 @@ def int8_weights_check(
     """Whether an INT8 graph's integer kernels saturate on this CPU; None for a float graph.
 
     x86 CPUs without VNNI add each pair of u8 x s8 products in int16 and saturate above 32767,
-    which 8-bit weights reach and 7-bit ones (``stpm-export --int8`` since 7-bit weights) cannot.
+    which 8-bit weights reach and the 7-bit weights ``stpm-export --int8`` writes cannot.
     """
     if (meta or {}).get("stpm.precision") != "int8":
         return None
