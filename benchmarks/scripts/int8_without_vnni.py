@@ -37,22 +37,29 @@ from stpm_edge.data.mvtec import MVTecCategory
 from stpm_edge.errors import DataError, note
 from stpm_edge.metrics import auroc
 from stpm_edge.quality_parity import data_root
+from stpm_edge.runtime.detector import NG_THRESHOLD
 
 EMULATED_CPU = "Haswell"
 
 
 def infer(graph: Path, frames: np.ndarray, backend: str) -> dict[str, np.ndarray]:
-    """The graph's maps and scores on prepared frames, one frame per call, one thread."""
+    """The graph's maps, raw and normalised scores on prepared frames, one frame per call, one
+    thread."""
     from stpm_edge.runtime.runners import create_runner
 
-    maps, scores = [], []
+    maps, scores, normalized = [], [], []
     with create_runner(graph, backend=backend, threads=1) as runner:
         name = next(iter(runner.input_spec()))
         for frame in frames:
             out = runner.infer({name: frame[None]})
             maps.append(out["anomaly_map"][0, 0])
             scores.append(float(out["score"][0]))
-    return {"maps": np.stack(maps), "scores": np.asarray(scores)}
+            normalized.append(float(out["score_normalized"][0]))
+    return {
+        "maps": np.stack(maps),
+        "scores": np.asarray(scores),
+        "normalized": np.asarray(normalized),
+    }
 
 
 def split(recipe: Path, pair: str, graph: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,6 +111,11 @@ def row(args: argparse.Namespace, pair: str) -> dict:
         "max_score_difference": float(
             np.max(np.abs(host["scores"] - emulated["scores"]) / np.abs(host["scores"]))
         ),
+        # the deployed verdict: NG iff score_normalized >= NG_THRESHOLD (runtime.detector)
+        "verdicts_differing": int(
+            np.sum((host["normalized"] >= NG_THRESHOLD) != (emulated["normalized"] >= NG_THRESHOLD))
+        ),
+        "images": len(labels),
     }
     for where, out in (("host", host), ("haswell", emulated)):
         image, pixel = auroc(labels, out["scores"]), auroc(masks.ravel(), out["maps"].ravel())
@@ -119,14 +131,15 @@ def table(rows: list[dict], command: str) -> str:
     lines = [
         f"Made by `{command}`\n",
         "| seed | category | largest map difference (of peak) | largest score difference | "
-        "image change: host / Haswell | pixel change: host / Haswell |",
-        "|---|---|---|---|---|---|",
+        "verdicts differing | image change: host / Haswell | pixel change: host / Haswell |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         h, e = r["host"], r["haswell"]
         lines.append(
             f"| {r['seed']} | {r['category']} | {r['max_map_difference']:.2%} | "
-            f"{r['max_score_difference']:.2%} | {h['image_change']:+.4f} / "
+            f"{r['max_score_difference']:.2%} | {r['verdicts_differing']} of {r['images']} | "
+            f"{h['image_change']:+.4f} / "
             f"{e['image_change']:+.4f} | {h['pixel_change']:+.4f} / {e['pixel_change']:+.4f} |"
         )
     return "\n".join(lines) + "\n"
