@@ -2,15 +2,17 @@
 # Regenerates the CPU speed reports the README's speed table quotes (issue 12):
 #   benchmarks/reports/$NAME/tail_efficientnet_lite0   the map tail at input vs feature resolution
 #   benchmarks/reports/$NAME/peers_anomalib_resnet18   our resnet18 graphs vs anomalib's STFPM
-# Needs: `make demo` done (demo_out/ckpts/brick/best.ckpt), the dev extra (openvino, nncf), and
+# Needs: `make demo` done (demo_out/latest/brick/best.ckpt), the dev extra (openvino, nncf), and
 # for the peers a throw-away anomalib venv made as benchmarks/peers/anomalib_stfpm.py says
 # (PEER_PY, default /work/peers/anomalib-venv/bin/python; skipped when it is missing).
 # Run it on a quiet machine: the reports compare configurations measured in one run each.
-# STAGE=export|bench|all: see report_env.sh.
+# STAGE=export|bench|all: see report_env.sh. BACKENDS: the runtimes timed (default
+# ort-cpu,openvino,openvino-bf16; drop openvino-bf16 on a CPU without BF16, which it refuses).
 set -euo pipefail
 source "$(dirname "$0")/report_env.sh"
 WORK=${WORK:-runs/cpu_reports}
 PEER_PY=${PEER_PY:-/work/peers/anomalib-venv/bin/python}
+BACKENDS=${BACKENDS:-ort-cpu,openvino,openvino-bf16}
 OUT=benchmarks/reports/$NAME
 mkdir -p "$WORK"
 
@@ -29,8 +31,8 @@ PY
 }
 
 # efficientnet_lite0: the demo's brick checkpoint
-with_resolution demo_out/ckpts/brick/best.ckpt "$WORK/lite0_feature.ckpt" feature
-with_resolution demo_out/ckpts/brick/best.ckpt "$WORK/lite0_input.ckpt" input
+with_resolution demo_out/latest/brick/best.ckpt "$WORK/lite0_feature.ckpt" feature
+with_resolution demo_out/latest/brick/best.ckpt "$WORK/lite0_input.ckpt" input
 # resnet18: random teacher, one epoch (the timing does not depend on the weights)
 [ -f "$WORK/r18/best.ckpt" ] || $B/stpm-train --data demo_out/data --category brick \
   --backbone resnet18 --teacher-weights random --epochs 1 --batch-size 8 --colour-map off \
@@ -58,7 +60,7 @@ COMMON=(--batch 1 --threads 2 --warmup 10 --seconds 6 --rounds 3 --matmul-roofli
         --recommend --name "$NAME" --force)
 $B/stpm-bench "$WORK"/lite0_fp32_input_res.onnx "$WORK"/lite0_fp32.onnx \
   "$WORK"/lite0_int8_cpu_input_res.onnx "$WORK"/lite0_int8_cpu.onnx "$WORK"/lite0_int8_openvino.onnx \
-  --backend ort-cpu,openvino,openvino-bf16 "${COMMON[@]}" --out "$OUT/tail_efficientnet_lite0"
+  --backend "$BACKENDS" "${COMMON[@]}" --out "$OUT/tail_efficientnet_lite0"
 
 PEERS=()
 if [ -x "$PEER_PY" ]; then
@@ -74,6 +76,6 @@ fi
 $B/stpm-bench "$WORK"/r18_fp32_input_res.onnx "$WORK"/r18_fp32.onnx \
   "$WORK"/r18_int8_cpu_input_res.onnx "$WORK"/r18_int8_cpu.onnx \
   "$WORK"/r18_int8_openvino.onnx "$WORK"/r18_int8_openvino_stacked.onnx \
-  --backend ort-cpu,openvino,openvino-bf16 "${PEERS[@]}" "${COMMON[@]}" \
+  --backend "$BACKENDS" "${PEERS[@]}" "${COMMON[@]}" \
   --out "$OUT/peers_anomalib_resnet18"
 $B/python -m stpm_edge.benchmarks.summary "$OUT/tail_efficientnet_lite0" "$OUT/peers_anomalib_resnet18"
