@@ -331,12 +331,14 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
 
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.export import graph as G
+    from stpm_edge.export.int8 import wants_integer_stem
 
     _check_args(args)
     precision = _precision(args)
     payload = load_checkpoint(args.checkpoint)
     model = model_from_payload(payload, str(args.checkpoint))
     layout = _layout(args)
+    target = _target(args)
     options = G.GraphOptions(
         input_format="uint8_nhwc" if args.input == "uint8" else "float32_nchw",
         color_order=args.color_order.upper(),
@@ -344,11 +346,13 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
         precision="fp16" if precision == "fp16" else "fp32",
         per_scale_maps=args.per_scale_maps,
         opset=args.opset,
+        integer_stem=precision == "int8"
+        and args.input == "uint8"
+        and wants_integer_stem(model.config.backbone, target),
     )
     sha = G.fingerprint(args.checkpoint)
     graph = G.build_graph(model, payload["calibration"], options, sha)
     frames = graph_feed(_calibration_rgb(args, model.config.image_size), options, model.config)
-    target = _target(args)
     fp32_graph = graph if args.gate is not None else None
     if precision == "int8":
         from stpm_edge.export.int8 import quantize_int8

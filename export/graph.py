@@ -65,6 +65,9 @@ class GraphOptions:
     precision: str = "fp32"  # "fp16" runs the backbones in half precision
     per_scale_maps: bool = False
     opset: int = OPSET
+    # the stems read whole numbers x - 128 in [-128, 127], so an 8-bit quantiser holds their input
+    # exactly (export.int8 quantises such a stem; see shift_stem_input). FP32 uint8 input only.
+    integer_stem: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,6 +84,8 @@ class GraphOptions:
                         f"expected one of {', '.join(allowed)}",
                     )
                 )
+        if self.integer_stem and (self.precision, self.input_format) != ("fp32", "uint8_nhwc"):
+            raise ConfigError(note("integer_stem needs fp32 precision and uint8 input", ""))
         if self.opset < 17:
             raise ConfigError(note(f"--opset {self.opset} is too old", "use 17 or newer"))
 
@@ -185,6 +190,38 @@ def fold_input_affine(stem: nn.Conv2d, scale: torch.Tensor, flip_channels: bool)
         stem.weight.copy_(weight.flip(1) if flip_channels else weight)
 
 
+# the stem input's offset under integer_stem: x - 128 spans [-128, 127], one byte at scale 1
+STEM_ZERO = 128.0
+
+
+def shift_stem_input(stem: nn.Conv2d, shift: torch.Tensor) -> tuple[int, int]:
+    """Make ``stem`` read ``z' = z - shift`` (``shift`` per input channel) instead of ``z``.
+
+    ``conv(z) = conv(z') + sum(w * shift)`` inside the frame, so the sum joins the bias. The zero
+    padding of ``z`` is ``-shift`` in ``z'``, which no convolution pads with: the padding moves
+    out of the stem (returned as (rows, columns)) into the caller's explicit pad of ``z'``.
+    """
+    if stem.padding_mode != "zeros" or not isinstance(stem.padding, tuple):
+        raise ExportError(f"cannot move the padding of stem {stem} into the graph")
+    padding = (int(stem.padding[0]), int(stem.padding[1]))
+    with torch.no_grad():
+        extra = (stem.weight * shift.view(1, -1, 1, 1).to(stem.weight.dtype)).sum((1, 2, 3))
+        if stem.bias is None:
+            stem.bias = nn.Parameter(extra)
+        else:
+            stem.bias.add_(extra)
+    stem.padding = (0, 0)
+    return padding
+
+
+def _require_conv_padding(net: nn.Module) -> None:
+    """integer_stem moves the stem convolution's own padding; a network that pads its input in a
+    module of its own (efficientnet_lite0's ``_stem_pad``) would pad x - 128 with zeros."""
+    for name, child in net.named_children():
+        if isinstance(child, nn.ConstantPad2d):  # ZeroPad2d is one
+            raise ExportError(f"integer_stem: the network pads its input in {name!r}")
+
+
 class FusedSTPM(nn.Module):
     """The exported computation: image -> (anomaly_map, score, score_normalized[, scale maps])."""
 
@@ -209,6 +246,15 @@ class FusedSTPM(nn.Module):
             # what is left of the normalisation: x - 255 mean, in the input's channel order
             offset = -255.0 * mean
             self.register_buffer("offset", (offset.flip(0) if bgr else offset).view(1, 3, 1, 1))
+            if options.integer_stem:
+                _require_conv_padding(teacher)
+                # the stems read x - 128 = (x - 255 mean) - shift, shift = 128 - 255 mean
+                shift = (offset + STEM_ZERO).flip(0) if bgr else offset + STEM_ZERO
+                for net in (teacher, student):
+                    stem = net.get_submodule(net.stem_name)
+                    self.stem_padding = shift_stem_input(stem, shift)
+                # what the stems' zero padding was, in x - 128
+                self.register_buffer("stem_pad_value", -shift.view(1, 3, 1, 1))
         # float32 maths on the frame itself, outside /pair/ (INT8 quantises only the backbones)
         self.colour = None if model.colour is None else copy.deepcopy(model.colour).eval()
         pair_cls = StackedPair if options.layout == "stacked" else SeparatePair
@@ -224,6 +270,11 @@ class FusedSTPM(nn.Module):
         # (onnx-tensorrt docs/operators.md: "UINT8 is only supported as network input or output
         # tensor types"); a Transpose or Slice on the uint8 tensor fails to parse.
         x = image.float().permute(0, 3, 1, 2)
+        if self.options.integer_stem:
+            # pad x - 128 with stem_pad_value: pad (x - 128 - value) with zeros, add the value back
+            rows, cols = self.stem_padding
+            z = x - STEM_ZERO - self.stem_pad_value
+            return nn.functional.pad(z, (cols, cols, rows, rows)) + self.stem_pad_value
         if self.fold_input:
             return x + self.offset  # scale and colour order live in the stems' weights
         if self.options.color_order == "BGR":
@@ -327,6 +378,8 @@ def build_metadata(
         "outputs": output_names(options),
         "colour_map": colour_map.describe(model.colour),
     }
+    if options.integer_stem:  # the stems read x - 128 (export.int8 quantises them exactly)
+        values["integer_stem"] = True
     if int8_target is not None:  # the runtime an INT8 graph's quantisation recipe is for
         values["int8_target"] = int8_target
     return {f"stpm.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}

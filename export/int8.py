@@ -6,7 +6,10 @@ them. Pre-processing and the distance tail — normalisation, distances, upsampl
 score — stay float32, because their small values are exactly what 8 bits cannot hold. Of the
 backbones, every target keeps each network's stem and the backbone's registered ``int8_float``
 modules in float32 (efficientnet_lite0: the blocks up to its finest feature, whose 8-bit
-activations cost up to 0.038 image AUROC on the benchmark; ``float_nodes``).
+activations cost up to 0.038 image AUROC on the benchmark; ``float_nodes``) — except an integer
+stem: for resnet18 the cpu and openvino targets build the graph with the stems reading x - 128
+(``GraphOptions.integer_stem``, ``wants_integer_stem``), whole numbers that one byte at scale 1
+holds exactly, and quantise them; only their weights are rounded.
 
 Weights of the cpu and openvino targets are 7-bit (``PAIR_SAFE_WEIGHT``): x86 CPUs without VNNI
 add pairs of u8 x s8 products in int16, which 8-bit weights saturate, so an 8-bit graph scores
@@ -132,24 +135,125 @@ def tail_reads_quantized(model: onnx.ModelProto) -> int:
     return rerouted
 
 
+def _stem_pattern(model: onnx.ModelProto) -> re.Pattern:
+    """Node names of each network's stem (by the backbone's registered stem name), a direct child
+    of a network (/pair/teacher/conv1/..., not a block's own conv1)."""
+    from stpm_edge.backbones import get_backbone_spec
+
+    spec = get_backbone_spec(props(model)["stpm.backbone"])
+    return re.compile(rf"^{re.escape(BACKBONE_SCOPE)}[^/]+/{re.escape(spec.stem)}/")
+
+
+def integer_stem(model: onnx.ModelProto) -> bool:
+    """Whether the graph's stems read whole numbers in [-128, 127] (``GraphOptions.integer_stem``),
+    which one byte at scale 1 holds exactly: such a stem is quantised, not kept float32."""
+    return props(model).get("stpm.integer_stem") == "true"
+
+
+def stem_convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Each network's stem convolution."""
+    stem = _stem_pattern(model)
+    return [n for n in model.graph.node if n.op_type == "Conv" and stem.match(n.name)]
+
+
+def stem_inputs(model: onnx.ModelProto) -> list[str]:
+    """The tensors the stem convolutions read (one: both networks read the same frame)."""
+    return sorted({n.input[0] for n in stem_convs(model)})
+
+
 def float_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     """The nodes among ``candidates`` a ``float_head`` recipe keeps float32: each network's stem
-    convolution (by the backbone's registered stem name) and every node of the backbone's
-    ``int8_float`` modules, both direct children of a network (/pair/teacher/conv1/..., not a
-    block's own conv1)."""
+    convolution, unless its input is whole numbers (:func:`integer_stem`), and every node of the
+    backbone's ``int8_float`` modules, direct children of a network as the stem is."""
     from stpm_edge.backbones import get_backbone_spec
 
     spec = get_backbone_spec(props(model)["stpm.backbone"])
     network = rf"^{re.escape(BACKBONE_SCOPE)}[^/]+/"
-    stem = re.compile(rf"{network}{re.escape(spec.stem)}/")
+    stem = None if integer_stem(model) else _stem_pattern(model)
     modules = "|".join(re.escape(m) for m in spec.int8_float)
     head = re.compile(rf"{network}({modules})/") if modules else None
     nodes = {n.name: n for n in model.graph.node}
     return [
         n
         for n in candidates
-        if (stem.match(n) and nodes[n].op_type == "Conv") or (head is not None and head.match(n))
+        if (stem is not None and stem.match(n) and nodes[n].op_type == "Conv")
+        or (head is not None and head.match(n))
     ]
+
+
+def wants_integer_stem(backbone: str, target: str) -> bool:
+    """Whether an INT8 export for ``target`` builds its graph with ``integer_stem`` and quantises
+    the stems: the CPU targets, for backbones whose stem feeds quantised layers (a stem before
+    float ``int8_float`` modules would gain nothing). TensorRT keeps its float stems (a GPU's
+    stem costs little)."""
+    from stpm_edge.backbones import get_backbone_spec
+
+    return target in ("cpu", "openvino") and not get_backbone_spec(backbone).int8_float
+
+
+def exact_stem_overrides(model: onnx.ModelProto, activation_type: str) -> dict:
+    """ONNX Runtime ``TensorQuantOverrides`` that quantise an integer stem's input at scale 1
+    (zero point 128 for uint8, 0 for int8): every value of [-128, 127] maps to itself, where a
+    calibrated range (about 1.08 per step on images spanning it) rounds each pixel by up to half a
+    step. The int32 biases are quantised with the same scale. Empty for other graphs."""
+    if not integer_stem(model):
+        return {}
+    zero = np.array(128, np.uint8) if activation_type == "QUInt8" else np.array(0, np.int8)
+    exact = [{"scale": np.array(1.0, np.float32), "zero_point": zero}]
+    return {name: exact for name in stem_inputs(model)}
+
+
+def quantize_stems(model: onnx.ModelProto) -> int:
+    """Quantise the float stem convolutions of an integer-stem graph in place: their input at
+    scale 1 (int8, zero point 0: [-128, 127] exactly) and their weights per output channel,
+    symmetric, at most ``PAIR_SAFE_WEIGHT - 1`` (pair-safe without VNNI); biases stay float.
+
+    For NNCF, which takes no per-tensor scale: it calibrates the stems' input range from the
+    frames (it clipped ours to +-84) and its bias correction then compensates that clipping in
+    the layers after, so the stems are left in its ignored scope and quantised here instead.
+    Returns the number of convolutions quantised."""
+    from onnx import helper, numpy_helper
+
+    if not integer_stem(model):
+        return 0
+    inits = {i.name: i for i in model.graph.initializer}
+    convs = stem_convs(model)
+    exact = {}  # input tensor -> its dequantised copy, shared by the stems reading it
+    new_inits, new_nodes = [], []
+
+    def add_init(name: str, value: np.ndarray) -> str:
+        new_inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    for conv in convs:
+        source = conv.input[0]
+        if source not in exact:
+            one = add_init(f"{source}_stem_scale", np.array(1.0, np.float32))
+            zero = add_init(f"{source}_stem_zero", np.array(0, np.int8))
+            q, dq = f"{source}_stem_q", f"{source}_stem_dq"
+            new_nodes.append(helper.make_node("QuantizeLinear", [source, one, zero], [q]))
+            new_nodes.append(helper.make_node("DequantizeLinear", [q, one, zero], [dq]))
+            exact[source] = dq
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
+        largest = np.abs(weight).reshape(len(weight), -1).max(axis=1)
+        scale = (np.maximum(largest, 1e-12) / (PAIR_SAFE_WEIGHT - 1)).astype(np.float32)
+        values = np.round(weight / scale.reshape(-1, 1, 1, 1)).astype(np.int8)
+        name = conv.input[1]
+        dq_weight = f"{name}_stem_dq"
+        inputs = [
+            add_init(f"{name}_stem_int8", values),
+            add_init(f"{name}_stem_scale", scale),
+            add_init(f"{name}_stem_zero", np.zeros(len(weight), np.int8)),
+        ]
+        new_nodes.append(helper.make_node("DequantizeLinear", inputs, [dq_weight], axis=0))
+        conv.input[0], conv.input[1] = exact[source], dq_weight
+    model.graph.initializer.extend(new_inits)
+    # before the first stem, after whatever produces the tensor they read (topological order)
+    names = {c.name for c in convs}
+    first = next(i for i, n in enumerate(model.graph.node) if n.name in names)
+    for offset, node in enumerate(new_nodes):
+        model.graph.node.insert(first + offset, node)
+    return len(convs)
 
 
 # The largest |int8 weight| whose u8 x s8 products a CPU without VNNI can add in pairs without
@@ -196,7 +300,8 @@ class QuantRecipe:
     extra_options: dict
     # keep each network's first convolution in float32: it reads the frame itself (x - 255 mean,
     # scale folded into its weights), where an 8-bit activation grid costs the most. On the demo,
-    # U8S8 with quantised stems lost 0.006 image AUROC on gravel. The backbone's ``int8_float``
+    # U8S8 with quantised stems lost 0.006 image AUROC on gravel. An integer stem's input is exact
+    # in 8 bits, so it is quantised instead (``integer_stem``). The backbone's ``int8_float``
     # modules stay float32 too (its registry entry says what they are and why).
     float_head: bool = False
     # 7-bit weights ([-64, 64]) so the graph means the same on every x86 CPU. Without VNNI (AVX2,
@@ -307,7 +412,8 @@ def _quantize_ort(
             activation_type=getattr(QuantType, recipe.activation_type),
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
-            extra_options=dict(recipe.extra_options),
+            extra_options=dict(recipe.extra_options)
+            | {"TensorQuantOverrides": exact_stem_overrides(fp32_model, recipe.activation_type)},
         )
         quantized = onnx.load(dst)
     logger.info(
