@@ -2,8 +2,10 @@
 
 Without VNNI, ONNX Runtime's integer kernels add each pair of u8 x s8 products into int16
 (VPMADDUBSW) and saturate above 32767. The cpu recipe keeps weights in 7 bits so no pair can get
-there. The second test runs the graph on an emulated Haswell (AVX2, no VNNI) with QEMU's user-mode
-emulator and compares it with this host's VNNI kernels.
+there. One test runs the graph on an emulated Haswell (AVX2, no VNNI) with QEMU's user-mode
+emulator and compares it with this host's VNNI kernels; another, on any host, compares it with the
+same integers through ONNX Runtime's unsigned-weight kernels, which cannot saturate (on an AVX2
+host that is the check of the real CPU).
 """
 
 from __future__ import annotations
@@ -103,6 +105,53 @@ def test_cpu_graph_gives_the_same_output_without_vnni(
     gap = float(np.abs(vnni["anomaly_map"] - haswell["anomaly_map"]).max())
     assert gap <= 1e-5 * peak, f"maps differ by {gap / peak:.2%} of their peak without VNNI"
     np.testing.assert_allclose(haswell["score"], vnni["score"], rtol=1e-5)
+
+
+def with_unsigned_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose int8 weights are uint8 with zero point 128: the same integers, which ONNX
+    Runtime multiplies with its U8U8 kernels. Those widen both operands to int16 and add pairs in
+    int32, so they never saturate: an exact reference on any x86 CPU."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {i.name: i for i in copy.graph.initializer}
+    done: set[str] = set()
+    for node in copy.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        for name, shift in ((node.input[0], 128), (node.input[2], 128)):
+            tensor = inits[name]
+            if name in done or tensor.data_type != onnx.TensorProto.INT8:
+                continue
+            values = numpy_helper.to_array(tensor).astype(np.int16) + shift
+            tensor.CopyFrom(numpy_helper.from_array(values.astype(np.uint8), name))
+            done.add(name)
+    assert done, "no int8 weight found"
+    return copy
+
+
+def test_cpu_graph_equals_a_reference_that_cannot_saturate(
+    int8: onnx.ModelProto, demo_data, tmp_path: Path
+) -> None:
+    """On this host, whatever its CPU: the graph's signed-weight kernels (which add u8 x s8 pairs
+    in int16 where there is no VNNI) against the same integers through the U8U8 kernels. On an
+    AVX2 CPU an 8-bit graph fails it (the demo's brick checkpoint: scores 5.7 % apart)."""
+    from stpm_edge.runtime.image import decode_bgr
+    from stpm_edge.runtime.metadata import parse_metadata, read_model_metadata
+    from stpm_edge.runtime.preprocess import prepare_batch
+
+    signed, unsigned = tmp_path / "s8.onnx", tmp_path / "u8.onnx"
+    onnx.save(int8, signed)
+    onnx.save(with_unsigned_weights(int8), unsigned)
+    info = parse_metadata(read_model_metadata(signed))
+    paths = sorted((demo_data.root / demo_data.category / "test").rglob("*.png"))[::2]
+    frames = tmp_path / "frames.npy"
+    np.save(frames, prepare_batch([decode_bgr(p) for p in paths], info))
+    want = run_graph([], unsigned, frames, tmp_path / "u8.npz")
+    got = run_graph([], signed, frames, tmp_path / "s8.npz")
+    peak = float(np.abs(want["anomaly_map"]).max())
+    gap = float(np.abs(got["anomaly_map"] - want["anomaly_map"]).max())
+    assert gap <= 1e-5 * peak, f"maps differ by {gap / peak:.2%} of their peak"
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-5)
 
 
 def with_8bit_weight(model: onnx.ModelProto, path: Path) -> Path:
