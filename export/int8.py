@@ -234,10 +234,8 @@ def quantize_stems(model: onnx.ModelProto) -> int:
             new_nodes.append(helper.make_node("QuantizeLinear", [source, one, zero], [q]))
             new_nodes.append(helper.make_node("DequantizeLinear", [q, one, zero], [dq]))
             exact[source] = dq
-        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
-        largest = np.abs(weight).reshape(len(weight), -1).max(axis=1)
-        scale = (np.maximum(largest, 1e-12) / (PAIR_SAFE_WEIGHT - 1)).astype(np.float32)
-        values = np.round(weight / scale.reshape(-1, 1, 1, 1)).astype(np.int8)
+        weight = numpy_helper.to_array(inits[conv.input[1]])
+        values, scale = pair_safe_int8(weight)
         name = conv.input[1]
         dq_weight = f"{name}_stem_dq"
         inputs = [
@@ -261,6 +259,56 @@ def quantize_stems(model: onnx.ModelProto) -> int:
 # matters for dense convolutions only: ONNX Runtime's and OpenVINO's depthwise kernels gave the same
 # output with 8-bit weights on an AVX2 and a VNNI CPU (NNCF's overflow fix leaves them 8-bit).
 PAIR_SAFE_WEIGHT = 64
+
+
+def pair_safe_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 of a float convolution weight, at most
+    ``PAIR_SAFE_WEIGHT - 1`` in magnitude: ``(values, scales)``."""
+    weight = weight.astype(np.float32)
+    largest = np.abs(weight).reshape(len(weight), -1).max(axis=1)
+    scale = (np.maximum(largest, 1e-12) / (PAIR_SAFE_WEIGHT - 1)).astype(np.float32)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    return np.round(weight / scale.reshape(shape)).astype(np.int8), scale
+
+
+def cap_dense_weights(quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> int:
+    """Re-quantise, from ``fp32``'s weights, every dense convolution of ``quantized`` whose int8
+    weights exceed ``PAIR_SAFE_WEIGHT`` (:func:`pair_safe_int8`); returns how many.
+
+    NNCF's overflow fix covers plain convolutions only, not grouped ones: the stacked layout's
+    convolutions (two groups, teacher and student) kept 8-bit weights, which saturate on CPUs
+    without VNNI. Edits ``quantized`` in place; a weight shared by several nodes is an error."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in quantized.graph.initializer}
+    producer = {out: n for n in quantized.graph.node for out in n.output}
+    readers: dict[str, int] = {}
+    for node in quantized.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    float_inits = {i.name: i for i in fp32.graph.initializer}
+    float_convs = {n.name: n for n in fp32.graph.node if n.op_type == "Conv"}
+    capped = 0
+    for conv in quantized.graph.node:
+        dq = producer.get(conv.input[1]) if conv.op_type == "Conv" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        values = inits[dq.input[0]]
+        if values.data_type != onnx.TensorProto.INT8 or _depthwise(conv, values):
+            continue
+        if int(np.abs(numpy_helper.to_array(values).astype(np.int32)).max()) <= PAIR_SAFE_WEIGHT:
+            continue
+        source = float_convs.get(conv.name)
+        if source is None or source.input[1] not in float_inits:
+            raise ExportError(f"INT8: no float weight for {conv.name} to re-quantise")
+        if readers[dq.input[0]] > 1 or readers[dq.input[1]] > 1:
+            raise ExportError(f"INT8: the weight of {conv.name} is shared; cannot re-quantise it")
+        new, scale = pair_safe_int8(numpy_helper.to_array(float_inits[source.input[1]]))
+        values.CopyFrom(numpy_helper.from_array(new, values.name))
+        old = inits[dq.input[1]]
+        old.CopyFrom(numpy_helper.from_array(scale.reshape(tuple(old.dims)), old.name))
+        capped += 1
+    return capped
 
 
 def _depthwise(node: onnx.NodeProto, weight: onnx.TensorProto) -> bool:

@@ -18,7 +18,8 @@ ignored scope too, as in the ONNX Runtime targets: all 8-bit, NNCF's graph of th
 (resnet18) is quantised after NNCF, at scale 1 (``int8.quantize_stems``). NNCF's overflow fix
 is on for every layer (its default: the first only), so dense weights are 7-bit and OpenVINO's
 kernels give the same output on CPUs with and without VNNI (measured: 12-17 % of the score apart
-on an emulated AVX2 CPU with the default).
+on an emulated AVX2 CPU with the default). It skips grouped convolutions — every convolution of
+the stacked layout — so those are re-quantised to 7 bits afterwards (``int8.cap_dense_weights``).
 
 nncf is an optional dependency (the ``quantization`` extra); it is imported only when called.
 """
@@ -34,6 +35,7 @@ import onnx
 from stpm_edge.errors import ExportError, note
 from stpm_edge.export.int8 import (
     BACKBONE_SCOPES,
+    cap_dense_weights,
     float_nodes,
     quantize_stems,
     stem_convs,
@@ -136,13 +138,15 @@ def quantize_nncf(
     )
     rerouted = tail_reads_quantized(quantized)
     quantize_stems(quantized)
+    capped = cap_dense_weights(quantized, graph)
     count = sum(1 for n in quantized.graph.node if n.op_type == "QuantizeLinear")
     logger.info(
         "INT8 (NNCF, %s): %d QuantizeLinear nodes; %d tail nodes kept in float32, reading the "
-        "dequantised features (%d inputs)",
+        "dequantised features (%d inputs); %d grouped convolutions' weights re-quantised to 7 bits",
         preset,
         count,
         len(ignored),
         rerouted,
+        capped,
     )
     return quantized
