@@ -41,12 +41,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from stpm_edge.errors import ConfigError, ExportError, note
 from stpm_edge.runtime.metadata import BACKBONE_SCOPE, props
+
+if TYPE_CHECKING:
+    from stpm_edge.backbones._registry import BackboneSpec
 
 logger = logging.getLogger(__name__)
 
@@ -135,13 +139,20 @@ def tail_reads_quantized(model: onnx.ModelProto) -> int:
     return rerouted
 
 
-def _stem_pattern(model: onnx.ModelProto) -> re.Pattern:
-    """Node names of each network's stem (by the backbone's registered stem name), a direct child
-    of a network (/pair/teacher/conv1/..., not a block's own conv1)."""
+def _children(modules: tuple[str, ...]) -> re.Pattern | None:
+    """Node names inside any of ``modules`` as direct children of a network (/pair/teacher/conv1/
+    ..., not a block's own conv1); None for no module."""
+    if not modules:
+        return None
+    names = "|".join(re.escape(m) for m in modules)
+    return re.compile(rf"^{re.escape(BACKBONE_SCOPE)}[^/]+/({names})/")
+
+
+def _spec(model: onnx.ModelProto) -> BackboneSpec:
+    """The registry entry of the graph's backbone (``stpm.backbone``)."""
     from stpm_edge.backbones import get_backbone_spec
 
-    spec = get_backbone_spec(props(model)["stpm.backbone"])
-    return re.compile(rf"^{re.escape(BACKBONE_SCOPE)}[^/]+/{re.escape(spec.stem)}/")
+    return get_backbone_spec(props(model)["stpm.backbone"])
 
 
 def integer_stem(model: onnx.ModelProto) -> bool:
@@ -151,8 +162,8 @@ def integer_stem(model: onnx.ModelProto) -> bool:
 
 
 def stem_convs(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Each network's stem convolution."""
-    stem = _stem_pattern(model)
+    """Each network's stem convolution (by the backbone's registered stem name)."""
+    stem = _children((_spec(model).stem,))
     return [n for n in model.graph.node if n.op_type == "Conv" and stem.match(n.name)]
 
 
@@ -164,21 +175,10 @@ def stem_inputs(model: onnx.ModelProto) -> list[str]:
 def float_nodes(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     """The nodes among ``candidates`` a ``float_head`` recipe keeps float32: each network's stem
     convolution, unless its input is whole numbers (:func:`integer_stem`), and every node of the
-    backbone's ``int8_float`` modules, direct children of a network as the stem is."""
-    from stpm_edge.backbones import get_backbone_spec
-
-    spec = get_backbone_spec(props(model)["stpm.backbone"])
-    network = rf"^{re.escape(BACKBONE_SCOPE)}[^/]+/"
-    stem = None if integer_stem(model) else _stem_pattern(model)
-    modules = "|".join(re.escape(m) for m in spec.int8_float)
-    head = re.compile(rf"{network}({modules})/") if modules else None
-    nodes = {n.name: n for n in model.graph.node}
-    return [
-        n
-        for n in candidates
-        if (stem is not None and stem.match(n) and nodes[n].op_type == "Conv")
-        or (head is not None and head.match(n))
-    ]
+    backbone's ``int8_float`` modules."""
+    stems = set() if integer_stem(model) else {n.name for n in stem_convs(model)}
+    head = _children(_spec(model).int8_float)
+    return [n for n in candidates if n in stems or (head is not None and head.match(n))]
 
 
 def wants_integer_stem(backbone: str, target: str) -> bool:

@@ -77,6 +77,19 @@ def run_graph(prefix: list[str], graph: Path, frames: Path, out: Path) -> dict[s
         return {k: saved[k] for k in saved.files}
 
 
+def prepared_test_frames(graph: Path, demo_data, tmp_path: Path) -> Path:
+    """Every other test image of the demo category, prepared for ``graph``, saved as .npy."""
+    from stpm_edge.runtime.image import decode_bgr
+    from stpm_edge.runtime.metadata import parse_metadata, read_model_metadata
+    from stpm_edge.runtime.preprocess import prepare_batch
+
+    info = parse_metadata(read_model_metadata(graph))
+    paths = sorted((demo_data.root / demo_data.category / "test").rglob("*.png"))[::2]
+    frames = tmp_path / "frames.npy"
+    np.save(frames, prepare_batch([decode_bgr(p) for p in paths], info))
+    return frames
+
+
 @pytest.mark.skipif(
     platform.machine() != "x86_64" or shutil.which("qemu-x86_64") is None,
     reason="needs x86-64 and QEMU's user-mode emulator (apt-get install qemu-user)",
@@ -89,14 +102,7 @@ def test_cpu_graph_gives_the_same_output_without_vnni(
     demo_data,
     tmp_path: Path,
 ) -> None:
-    from stpm_edge.runtime.image import decode_bgr
-    from stpm_edge.runtime.metadata import parse_metadata, read_model_metadata
-    from stpm_edge.runtime.preprocess import prepare_batch
-
-    info = parse_metadata(read_model_metadata(int8_path))
-    paths = sorted((demo_data.root / demo_data.category / "test").rglob("*.png"))[::2]
-    frames = tmp_path / "frames.npy"
-    np.save(frames, prepare_batch([decode_bgr(p) for p in paths], info))
+    frames = prepared_test_frames(int8_path, demo_data, tmp_path)
     vnni = run_graph([], int8_path, frames, tmp_path / "vnni.npz")
     haswell = run_graph(
         ["qemu-x86_64", "-cpu", "Haswell"], int8_path, frames, tmp_path / "avx2.npz"
@@ -130,24 +136,16 @@ def with_unsigned_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def test_cpu_graph_equals_a_reference_that_cannot_saturate(
-    int8: onnx.ModelProto, demo_data, tmp_path: Path
+    int8: onnx.ModelProto, int8_path: Path, demo_data, tmp_path: Path
 ) -> None:
     """On this host, whatever its CPU: the graph's signed-weight kernels (which add u8 x s8 pairs
     in int16 where there is no VNNI) against the same integers through the U8U8 kernels. On an
     AVX2 CPU an 8-bit graph fails it (the demo's brick checkpoint: scores 5.7 % apart)."""
-    from stpm_edge.runtime.image import decode_bgr
-    from stpm_edge.runtime.metadata import parse_metadata, read_model_metadata
-    from stpm_edge.runtime.preprocess import prepare_batch
-
-    signed, unsigned = tmp_path / "s8.onnx", tmp_path / "u8.onnx"
-    onnx.save(int8, signed)
+    unsigned = tmp_path / "u8.onnx"
     onnx.save(with_unsigned_weights(int8), unsigned)
-    info = parse_metadata(read_model_metadata(signed))
-    paths = sorted((demo_data.root / demo_data.category / "test").rglob("*.png"))[::2]
-    frames = tmp_path / "frames.npy"
-    np.save(frames, prepare_batch([decode_bgr(p) for p in paths], info))
+    frames = prepared_test_frames(int8_path, demo_data, tmp_path)
     want = run_graph([], unsigned, frames, tmp_path / "u8.npz")
-    got = run_graph([], signed, frames, tmp_path / "s8.npz")
+    got = run_graph([], int8_path, frames, tmp_path / "s8.npz")
     peak = float(np.abs(want["anomaly_map"]).max())
     gap = float(np.abs(got["anomaly_map"] - want["anomaly_map"]).max())
     assert gap <= 1e-5 * peak, f"maps differ by {gap / peak:.2%} of their peak"
