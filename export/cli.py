@@ -332,6 +332,7 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.export import graph as G
     from stpm_edge.export.int8 import wants_integer_stem
+    from stpm_edge.export.stream_ranges import student_stream_scales
 
     _check_args(args)
     precision = _precision(args)
@@ -339,6 +340,7 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     model = model_from_payload(payload, str(args.checkpoint))
     layout = _layout(args)
     target = _target(args)
+    rgb = _calibration_rgb(args, model.config.image_size)
     options = G.GraphOptions(
         input_format="uint8_nhwc" if args.input == "uint8" else "float32_nchw",
         color_order=args.color_order.upper(),
@@ -349,10 +351,13 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
         integer_stem=precision == "int8"
         and args.input == "uint8"
         and wants_integer_stem(model.config.backbone, target),
+        student_stream_scales=student_stream_scales(model, rgb)
+        if precision == "int8" and layout == "stacked"
+        else (),
     )
     sha = G.fingerprint(args.checkpoint)
     graph = G.build_graph(model, payload["calibration"], options, sha)
-    frames = graph_feed(_calibration_rgb(args, model.config.image_size), options, model.config)
+    frames = graph_feed(rgb, options, model.config)
     fp32_graph = graph if args.gate is not None else None
     if precision == "int8":
         from stpm_edge.export.int8 import quantize_int8

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,9 @@ class GraphOptions:
     # the stems read whole numbers x - 128 in [-128, 127], so an 8-bit quantiser holds their input
     # exactly (export.int8 quantises such a stem; see shift_stem_input). FP32 uint8 input only.
     integer_stem: bool = False
+    # per student stream, the factor that brings it to the teacher's range before stacking
+    # (stacked INT8: one scale per tensor holds both networks; export.stream_ranges). () = none
+    student_stream_scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         checks = {
@@ -86,6 +90,10 @@ class GraphOptions:
                 )
         if self.integer_stem and (self.precision, self.input_format) != ("fp32", "uint8_nhwc"):
             raise ConfigError(note("integer_stem needs fp32 precision and uint8 input", ""))
+        if not all(math.isfinite(x) and x > 0 for x in self.student_stream_scales):
+            raise ConfigError(
+                note(f"invalid student stream scales {self.student_stream_scales}", "use > 0")
+            )
         if self.opset < 17:
             raise ConfigError(note(f"--opset {self.opset} is too old", "use 17 or newer"))
 
@@ -234,6 +242,8 @@ class FusedSTPM(nn.Module):
         self.register_buffer(THRESHOLD_NAME, torch.tensor(float(calibration["image_threshold"])))
         self.register_buffer(SCALE_NAME, torch.tensor(am.calibration_scale(calibration)))
         teacher, student = copy.deepcopy(model.teacher).eval(), copy.deepcopy(model.student).eval()
+        if options.student_stream_scales:  # directions, all the map reads, stay the same
+            student.scale_streams(options.student_stream_scales)
         # uint8 -> normalised float as one multiply-add: x * (1 / (255 std)) - mean / std
         mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
         self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1))
@@ -380,6 +390,8 @@ def build_metadata(
     }
     if options.integer_stem:  # the stems read x - 128 (export.int8 quantises them exactly)
         values["integer_stem"] = True
+    if options.student_stream_scales:
+        values["student_stream_scales"] = list(options.student_stream_scales)
     if int8_target is not None:  # the runtime an INT8 graph's quantisation recipe is for
         values["int8_target"] = int8_target
     return {f"stpm.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}

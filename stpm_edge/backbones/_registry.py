@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +82,25 @@ class FeatureTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def streams(self) -> list[list[nn.Module]]:
+        """The residual streams, in order: per stream the modules whose outputs it is. A positive
+        factor on a stream (:meth:`scale_streams`) scales those outputs and the features read from
+        them, and leaves every feature's direction — all STPM compares — unchanged. [] when the
+        trunk cannot be rescaled."""
+        return []
+
+    def scale_streams(self, factors: Sequence[float]) -> None:  # pragma: no cover - abstract
+        """Multiply stream ``i`` by ``factors[i]`` (> 0) by editing weights in place: the layers
+        writing a stream scale their output, the layers reading it divide their weights."""
+        raise NotImplementedError(f"{type(self).__name__} cannot scale its streams")
+
+
+def scale_batch_norm(bn: nn.BatchNorm2d, factor: float) -> None:
+    """Scale a batch norm's output by ``factor``: its affine weight and bias (in place)."""
+    with torch.no_grad():
+        bn.weight.mul_(factor)
+        bn.bias.mul_(factor)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -13,6 +13,8 @@ stride-16 features sees an even size and the padding is static (plain Pad + Conv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -23,6 +25,7 @@ from ._registry import (
     WeightsCfg,
     read_state_dict,
     register_backbone,
+    scale_batch_norm,
 )
 
 # (expand ratio, kernel, stride, output channels, repeats) per stage; Lite0 = width 1.0, depth 1.0.
@@ -126,6 +129,36 @@ class EfficientNetLiteTrunk(FeatureTrunk):
             if index in self.feature_blocks:
                 features.append(x)
         return features
+
+    def _stream_blocks(self) -> list[list[int]]:
+        """Block indices per residual stream: a block without a skip starts a new one."""
+        groups: list[list[int]] = []
+        for index, block in enumerate(self._blocks):
+            if block.has_skip and groups:
+                groups[-1].append(index)
+            else:
+                groups.append([index])
+        return groups
+
+    def streams(self) -> list[list[nn.Module]]:
+        return [[self._blocks[i] for i in group] for group in self._stream_blocks()]
+
+    def scale_streams(self, factors: Sequence[float]) -> None:
+        """Each block's projection (a linear batch norm, no activation after it) writes its
+        stream; its first convolution reads the stream before it. Block 0 reads the stem's ReLU6
+        output, which no factor can scale (ReLU6 clips at 6), hence the factor 1 it starts with."""
+        groups = self._stream_blocks()
+        if len(factors) != len(groups):
+            raise ValueError(f"{len(groups)} stream factors expected, got {len(factors)}")
+        reading = 1.0
+        with torch.no_grad():
+            for group, factor in zip(groups, factors, strict=True):
+                for index in group:
+                    block = self._blocks[index]
+                    first = block._expand_conv if block.expand != 1 else block._depthwise_conv
+                    first.weight.div_(reading)
+                    scale_batch_norm(block._bn2, factor)
+                    reading = factor
 
 
 LITE0_WEIGHTS = WeightsCfg(

@@ -7,6 +7,8 @@ names both ways out, never silently with a random teacher.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -20,6 +22,7 @@ from ._registry import (
     FeatureTrunk,
     WeightsCfg,
     register_backbone,
+    scale_batch_norm,
 )
 
 
@@ -43,6 +46,31 @@ class ResNetTrunk(FeatureTrunk):
         f1 = self.layer1(x)
         f2 = self.layer2(f1)
         return [f1, f2, self.layer3(f2)]
+
+    def _layers(self) -> tuple[nn.Sequential, ...]:
+        return self.layer1, self.layer2, self.layer3
+
+    def streams(self) -> list[list[nn.Module]]:
+        """One stream per layer; the stem's output joins layer1's (its first block adds it)."""
+        return [[self.maxpool, *self.layer1], list(self.layer2), list(self.layer3)]
+
+    def scale_streams(self, factors: Sequence[float]) -> None:
+        """ReLU and max-pooling commute with a positive factor, so the stem's batch norm scales
+        the first stream; in each block the first convolution (and a downsampling one) reads the
+        stream before it, the last batch norm (and the downsampling one) writes the block's."""
+        if len(factors) != 3:
+            raise ValueError(f"3 stream factors expected, got {len(factors)}")
+        scale_batch_norm(self.bn1, factors[0])
+        reading = factors[0]
+        with torch.no_grad():
+            for layer, factor in zip(self._layers(), factors, strict=True):
+                for block in layer:
+                    block.conv1.weight.div_(reading)
+                    scale_batch_norm(block.bn3 if hasattr(block, "bn3") else block.bn2, factor)
+                    if block.downsample is not None:
+                        block.downsample[0].weight.div_(reading)
+                        scale_batch_norm(block.downsample[1], factor)
+                    reading = factor
 
 
 def _torchvision_loader(arch: str):
