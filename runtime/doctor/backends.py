@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .check import FAIL, PASS, SKIP, Check
-from .model import default_trt_version, int8_weights_check, tensorrt_check
+from .model import default_trt_version, int8_weights_check, stacked_int8_check, tensorrt_check
 from .parity import Outputs, Reference, judge_parity
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def model_checks(
     model = Path(args.model)
     trt_version = args.trt_version or default_trt_version(env)
     checks = [tensorrt_check(model, trt_version, metadata)]
-    weights = int8_weights_check(model, env, metadata)
-    checks += [weights] if weights is not None else []
+    for check in (int8_weights_check(model, env, metadata), stacked_int8_check(metadata)):
+        checks += [check] if check is not None else []
     name = f"reference ({REFERENCE_BACKEND})"
     try:
         ref = reference_run(args, Path(args.reference) if args.reference else model)

@@ -153,3 +153,21 @@ def test_stpm_export_matches_the_streams_of_stacked_int8_only(
     assert len(scales) == 5 and all(s > 0 for s in scales)  # efficientnet_lite0's five streams
     assert meta["stpm.layout"] == "stacked"
     assert "stpm.student_stream_scales" not in G.read_metadata(int8)
+
+
+@pytest.mark.parametrize(
+    ("meta", "status"),
+    [
+        ({"stpm.layout": "stacked", "stpm.student_stream_scales": "[2.0, 3.0]"}, "pass"),
+        ({"stpm.layout": "stacked"}, "warn"),  # exported before the streams were matched
+        ({"stpm.layout": "separate"}, None),
+    ],
+)
+def test_doctor_warns_of_a_stacked_int8_graph_with_unmatched_streams(meta, status) -> None:
+    from stpm_edge.runtime.doctor.model import stacked_int8_check
+
+    check = stacked_int8_check({"stpm.precision": "int8", **meta})
+    assert (check and check.status) == status
+    if status == "warn":
+        assert "Note: re-export" in check.detail
+    assert stacked_int8_check({**meta, "stpm.precision": "fp32"}) is None
