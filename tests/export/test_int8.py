@@ -156,6 +156,33 @@ def test_no_tail_value_is_quantised(int8) -> None:
             )
 
 
+def feature_reads(model: onnx.ModelProto) -> dict[str, str]:
+    """{feature tensor the backbones write: "float" or "8-bit"} for the tail's reads."""
+    made_by, reads = producers(model), {}
+    for node in model.graph.node:
+        if in_backbone(node) or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for name in node.input:
+            writer = made_by.get(name)
+            if writer is not None and writer.op_type == "DequantizeLinear":
+                q = made_by.get(writer.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    reads[q.input[0]] = "8-bit"
+            elif writer is not None and in_backbone(writer):
+                reads[name] = "float"
+    return reads
+
+
+@pytest.mark.parametrize(("target", "how"), [("cpu", "float"), ("tensorrt", "8-bit")])
+def test_cpu_tail_reads_the_features_in_float32(request, target: str, how: str) -> None:
+    """``--target cpu``: the tail reads the six features (3 scales x teacher, student) where the
+    backbones write them, in float32, not through an 8-bit copy that ONNX Runtime would dequantise
+    once per reader. TensorRT's graph reads them dequantised."""
+    int8 = onnx.load(request.getfixturevalue("int8_path" if target == "cpu" else "trt_int8_path"))
+    reads = feature_reads(int8)
+    assert len(reads) == 6 and set(reads.values()) == {how}, reads
+
+
 @pytest.mark.parametrize("target", ["cpu", "tensorrt"])
 def test_int8_outputs_and_auroc(
     request, target: str, exported_onnx: Path, demo_data, read_rgb
