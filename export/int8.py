@@ -359,8 +359,10 @@ def tail_reads_float(model: onnx.ModelProto) -> int:
     The features a ``tail_reads_float`` recipe leaves float (:func:`feature_writers`) are
     quantised only for the layer after them; the tail needs no 8-bit copy. ONNX Runtime gives
     each reader of a DequantizeLinear its own copy (three per feature: the tail multiplies t·t,
-    s·s and t·s), so reading the float tensor also saves 18 dequantisations of full feature maps
-    (efficientnet_lite0, 2 threads: the graph 1-3 % faster, the tail 11 % -> 9 % of it).
+    s·s and t·s), so reading the float tensor also saves 18 dequantisations of feature maps
+    (efficientnet_lite0 on ONNX Runtime, 2 threads: the tail 10.8 % -> 8.5 % of the kernel time,
+    the graph 0.5-2.5 % faster in paired rounds; benchmarks/reports/cpu-epyc-2core-avx2/
+    tail_reads_float).
     Edits ``model`` in place; returns the number of inputs rerouted."""
     producer = {out: node for node in model.graph.node for out in node.output}
 
