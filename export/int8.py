@@ -23,9 +23,9 @@ One graph cannot mean the same and run fast on both runtimes, so the file is wri
   DequantizeLinear -> Conv -> QuantizeLinear into one integer kernel with no requantise pair in
   between (leaving Clip and Pad in float cost 44 such pairs and all of the speed-up, and 5 points
   of image AUROC on the demo set). The residual additions that write the features stay float
-  and the tail reads them there (``tail_reads_float``). TensorRT must NOT read this file: its parser re-types a uint8
-  zero point as INT8, so a Clip [0, 6] folded into uint8 saturation silently becomes about
-  [-3, 3], and int32 DequantizeLinear is rejected.
+  and the tail reads them there (``tail_reads_float``). TensorRT must NOT read this file: its
+  parser re-types a uint8 zero point as INT8, so a Clip [0, 6] folded into uint8 saturation
+  silently becomes about [-3, 3], and int32 DequantizeLinear is rejected.
 - ``tensorrt`` (TensorRT explicit quantisation): signed INT8 activations and weights, symmetric
   (every zero point 0), per-channel weights, float biases (no int32 DequantizeLinear), and every
   ReLU6 Clip kept as a node between its Q/DQ pairs, so its [0, 6] means the same to any reader.
@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,14 +128,20 @@ def tail_reads_quantized(model: onnx.ModelProto) -> int:
                         return dq.output[0]
         return None
 
+    return _reroute_tail(model, dequantized)
+
+
+def _reroute_tail(model: onnx.ModelProto, source: Callable[[str], str | None]) -> int:
+    """Replace each input ``t`` of the tail's nodes by ``source(t)`` where that is not None;
+    returns how many were replaced."""
     rerouted = 0
     for node in model.graph.node:
         if not _is_tail_node(node) or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
         for k, tensor in enumerate(node.input):
-            source = dequantized(tensor)
-            if source is not None:
-                node.input[k] = source
+            new = source(tensor)
+            if new is not None:
+                node.input[k] = new
                 rerouted += 1
     return rerouted
 
@@ -378,16 +384,7 @@ def tail_reads_float(model: onnx.ModelProto) -> int:
         writer = producer.get(q.input[0])
         return q.input[0] if writer is not None and writer.op_type != "DequantizeLinear" else None
 
-    rerouted = 0
-    for node in model.graph.node:
-        if not _is_tail_node(node) or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            continue
-        for k, tensor in enumerate(node.input):
-            source = float_source(tensor)
-            if source is not None:
-                node.input[k] = source
-                rerouted += 1
-    return rerouted
+    return _reroute_tail(model, float_source)
 
 
 INT8_TARGETS = ("cpu", "tensorrt", "openvino")

@@ -47,9 +47,6 @@ class ResNetTrunk(FeatureTrunk):
         f2 = self.layer2(f1)
         return [f1, f2, self.layer3(f2)]
 
-    def _layers(self) -> tuple[nn.Sequential, ...]:
-        return self.layer1, self.layer2, self.layer3
-
     def streams(self) -> list[list[nn.Module]]:
         """One stream per layer; the stem's output joins layer1's (its first block adds it)."""
         return [[self.maxpool, *self.layer1], list(self.layer2), list(self.layer3)]
@@ -63,7 +60,7 @@ class ResNetTrunk(FeatureTrunk):
         scale_batch_norm(self.bn1, factors[0])
         reading = factors[0]
         with torch.no_grad():
-            for layer, factor in zip(self._layers(), factors, strict=True):
+            for layer, factor in zip((self.layer1, self.layer2, self.layer3), factors, strict=True):
                 for block in layer:
                     block.conv1.weight.div_(reading)
                     scale_batch_norm(block.bn3 if hasattr(block, "bn3") else block.bn2, factor)
