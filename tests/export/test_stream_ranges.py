@@ -18,6 +18,7 @@ from stpm_edge.backbones import create_backbone
 from stpm_edge.export import graph as G
 from stpm_edge.export import int8
 from stpm_edge.export.stream_ranges import stream_peaks, student_stream_scales
+from stpm_edge.runtime.image import to_model_input
 
 SIZE = 64
 CALIBRATION = {"image_threshold": 0.5, "pixel_threshold": 0.5, "score_min": 0.0, "score_max": 1.0}
@@ -83,9 +84,10 @@ def test_student_streams_reach_the_teacher_peaks(small_student) -> None:
     assert min(scales) > 4  # the student was made 16x smaller
     student = copy.deepcopy(small_student.student)
     student.scale_streams(scales)
+    cfg = small_student.config
     batch = torch.from_numpy(
-        (rgb.astype(np.float32) / 255 - 0.5).transpose(0, 3, 1, 2) / 0.5
-    ).contiguous()
+        to_model_input(rgb, SIZE, "float32_nchw", "RGB", cfg.mean, cfg.std, order="RGB")
+    )
     np.testing.assert_allclose(
         stream_peaks(student, batch), stream_peaks(small_student.teacher, batch), rtol=1e-4
     )
