@@ -1,11 +1,12 @@
 """Stacked INT8: the student's residual streams brought to the teacher's ranges.
 
 In the stacked layout one tensor holds both networks' channels, and an INT8 quantiser gives a
-tensor one scale (TensorRT, ONNX Runtime and OpenVINO take activations per tensor). A trained
-student's streams run several times smaller than its ImageNet teacher's (efficientnet_lite0, the
-demo's brick checkpoint: 1.8-4.7x), so on the teacher's grid the student's features kept two or
-three bits fewer: its stacked INT8 graphs were 3-4x farther from PyTorch than the separate ones
-(largest map error 14-18 % of the peak against 4-7 %, on all three INT8 targets).
+tensor one scale (TensorRT, ONNX Runtime and OpenVINO take activations per tensor). The two
+networks' ranges differ several-fold: a trained student's streams ran 1.8-4.7x smaller than its
+ImageNet teacher's (efficientnet_lite0, the demo's brick checkpoint), so on the teacher's grid the
+student's features kept two bits fewer, and its stacked INT8 graphs were 3-4x farther from
+PyTorch than the separate ones (largest map error 14-18 % of the peak against 4-7 %, on all three
+INT8 targets). A random teacher's streams may as well be the smaller ones.
 
 STPM compares feature directions only (both are L2-normalised per position), so a positive factor
 on a student stream changes no map. Before stacking, each student stream is multiplied by the
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from stpm_edge.backbones import FeatureTrunk
-from stpm_edge.errors import ExportError
+from stpm_edge.errors import ExportError, note
 from stpm_edge.model import STPM
 
 CHUNK = 16  # images per forward pass: a calibration set may hold hundreds
@@ -35,7 +36,13 @@ def stream_peaks(trunk: FeatureTrunk, batch: torch.Tensor) -> list[float]:
     (normalised float32 NCHW)."""
     streams = trunk.streams()
     if not streams:
-        raise ExportError(f"{type(trunk).__name__} has no streams to bring to the teacher's range")
+        raise ExportError(
+            note(
+                f"stacked INT8: {type(trunk).__name__} cannot bring its student's streams to the "
+                "teacher's range (it declares no streams)",
+                "export with --layout separate",
+            )
+        )
     peaks = [0.0] * len(streams)
 
     def recorder(index: int):

@@ -140,7 +140,10 @@ def stacked_int8_check(meta: dict[str, str] | None) -> Check | None:
     name = "stacked INT8 ranges"
     scales = meta.get("stpm.student_stream_scales")
     if scales:
-        factors = ", ".join(f"{x:.3g}" for x in json.loads(scales))
+        try:
+            factors = ", ".join(f"{float(x):.3g}" for x in json.loads(scales))
+        except (ValueError, TypeError):
+            return Check(name, WARN, f"stpm.student_stream_scales is unreadable: {scales!r}")
         return Check(name, PASS, f"student streams matched to the teacher's (factors {factors})")
     detail = note(
         "stacked INT8 graph exported before its student's streams were matched to the teacher's "

@@ -57,6 +57,14 @@ def test_a_stream_factor_scales_its_outputs_and_features_and_nothing_else(backbo
         assert cos.min() > 1 - 1e-5
 
 
+def test_a_trunk_without_streams_is_refused_with_a_note() -> None:
+    from stpm_edge.backbones import FeatureTrunk
+    from stpm_edge.errors import ExportError
+
+    with pytest.raises(ExportError, match="--layout separate"):
+        stream_peaks(FeatureTrunk(), torch.zeros(1, 3, SIZE, SIZE))
+
+
 def test_wrong_number_of_factors_is_refused() -> None:
     trunk = create_backbone("resnet18", "random")
     with pytest.raises(ValueError, match="3 stream factors"):
@@ -162,6 +170,7 @@ def test_stpm_export_matches_the_streams_of_stacked_int8_only(
     [
         ({"stpm.layout": "stacked", "stpm.student_stream_scales": "[2.0, 3.0]"}, "pass"),
         ({"stpm.layout": "stacked"}, "warn"),  # exported before the streams were matched
+        ({"stpm.layout": "stacked", "stpm.student_stream_scales": "[oops"}, "warn"),
         ({"stpm.layout": "separate"}, None),
     ],
 )
@@ -170,6 +179,6 @@ def test_doctor_warns_of_a_stacked_int8_graph_with_unmatched_streams(meta, statu
 
     check = stacked_int8_check({"stpm.precision": "int8", **meta})
     assert (check and check.status) == status
-    if status == "warn":
+    if status == "warn" and "stpm.student_stream_scales" not in meta:
         assert "Note: re-export" in check.detail
     assert stacked_int8_check({**meta, "stpm.precision": "fp32"}) is None
