@@ -325,14 +325,36 @@ def graph_feed(rgb, options, config):
     )
 
 
+def graph_options(model, precision: str, layout: str, target: str, rgb, **given):
+    """The ``GraphOptions`` an export of ``precision`` (fp32/fp16/int8) for ``target`` builds:
+    ``given`` (input format, colour order, ...) plus what INT8 decides itself — integer stems on
+    the CPU targets (``int8.wants_integer_stem``), and in the stacked layout the student's streams
+    at the teacher's ranges, measured on ``rgb`` (good RGB uint8 images;
+    ``stream_ranges.student_stream_scales``)."""
+    from stpm_edge.export import graph as G
+    from stpm_edge.export.int8 import wants_integer_stem
+    from stpm_edge.export.stream_ranges import student_stream_scales
+
+    int8 = precision == "int8"
+    return G.GraphOptions(
+        layout=layout,
+        precision="fp16" if precision == "fp16" else "fp32",
+        integer_stem=int8
+        and given.get("input_format", "uint8_nhwc") == "uint8_nhwc"
+        and wants_integer_stem(model.config.backbone, target),
+        student_stream_scales=student_stream_scales(model, rgb)
+        if int8 and layout == "stacked"
+        else (),
+        **given,
+    )
+
+
 def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     """What ``stpm-export`` does, as a function of its parsed arguments."""
     import onnx
 
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload
     from stpm_edge.export import graph as G
-    from stpm_edge.export.int8 import wants_integer_stem
-    from stpm_edge.export.stream_ranges import student_stream_scales
 
     _check_args(args)
     precision = _precision(args)
@@ -341,19 +363,16 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     layout = _layout(args)
     target = _target(args)
     rgb = _calibration_rgb(args, model.config.image_size)
-    options = G.GraphOptions(
+    options = graph_options(
+        model,
+        precision,
+        layout,
+        target,
+        rgb,
         input_format="uint8_nhwc" if args.input == "uint8" else "float32_nchw",
         color_order=args.color_order.upper(),
-        layout=layout,
-        precision="fp16" if precision == "fp16" else "fp32",
         per_scale_maps=args.per_scale_maps,
         opset=args.opset,
-        integer_stem=precision == "int8"
-        and args.input == "uint8"
-        and wants_integer_stem(model.config.backbone, target),
-        student_stream_scales=student_stream_scales(model, rgb)
-        if precision == "int8" and layout == "stacked"
-        else (),
     )
     sha = G.fingerprint(args.checkpoint)
     graph = G.build_graph(model, payload["calibration"], options, sha)

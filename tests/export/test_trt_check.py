@@ -53,22 +53,25 @@ def export(models: dict, size: int, precision: str, layout: str, inp: str) -> on
 
 
 def _export(models: dict, size: int, precision: str, layout: str, inp: str) -> onnx.ModelProto:
+    """Options as ``stpm-export`` chooses them (``graph_options``: e.g. the stacked INT8 graph's
+    student streams at the teacher's ranges)."""
     from stpm_edge.export import graph as G
+    from stpm_edge.export.cli import graph_options
 
     if size not in models:
         models[size] = random_model(size)
-    options = G.GraphOptions(
-        input_format="uint8_nhwc" if inp == "uint8" else "float32_nchw",
-        layout=layout,
-        precision="fp16" if precision == "fp16" else "fp32",
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    input_format = "uint8_nhwc" if inp == "uint8" else "float32_nchw"
+    options = graph_options(
+        models[size], precision, layout, "tensorrt", rgb, input_format=input_format
     )
     graph = G.build_graph(models[size], CALIBRATION, options, "0" * 64)
     if precision == "int8":
         from stpm_edge.export.int8 import quantize_int8
 
-        rng = np.random.default_rng(0)
         if inp == "uint8":
-            frames = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+            frames = rgb
         else:
             frames = rng.standard_normal((2, 3, size, size)).astype(np.float32)
         graph = quantize_int8(graph, frames, progress=False, target="tensorrt")
