@@ -131,6 +131,11 @@ def tail_reads_quantized(model: onnx.ModelProto) -> int:
     return _reroute_tail(model, dequantized)
 
 
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """``{tensor: the node writing it}``."""
+    return {out: node for node in model.graph.node for out in node.output}
+
+
 def _reroute_tail(model: onnx.ModelProto, source: Callable[[str], str | None]) -> int:
     """Replace each input ``t`` of the tail's nodes by ``source(t)`` where that is not None;
     returns how many were replaced."""
@@ -288,7 +293,7 @@ def cap_dense_weights(quantized: onnx.ModelProto, fp32: onnx.ModelProto) -> int:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in quantized.graph.initializer}
-    producer = {out: n for n in quantized.graph.node for out in n.output}
+    producer = _producers(quantized)
     readers: dict[str, int] = {}
     for node in quantized.graph.node:
         for name in node.input:
@@ -347,7 +352,7 @@ def largest_dense_weight(model: onnx.ModelProto) -> int | None:
 def feature_writers(model: onnx.ModelProto, candidates: list[str]) -> list[str]:
     """The nodes among ``candidates`` that write a tensor the float tail reads (the features:
     efficientnet_lite0's residual additions; resnet's are ReLUs, which no recipe quantises)."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = _producers(model)
     written = {
         producer[name].name
         for node in model.graph.node
@@ -370,7 +375,7 @@ def tail_reads_float(model: onnx.ModelProto) -> int:
     the graph 0.5-2.5 % faster in paired rounds; benchmarks/reports/cpu-epyc-2core-avx2/
     tail_reads_float).
     Edits ``model`` in place; returns the number of inputs rerouted."""
-    producer = {out: node for node in model.graph.node for out in node.output}
+    producer = _producers(model)
 
     def float_source(tensor: str) -> str | None:
         dq = producer.get(tensor)
