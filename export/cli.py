@@ -489,14 +489,16 @@ def _recalibrate(graph, payload: dict, config, options, args: argparse.Namespace
 def _parity(graph, model, calibration, options, frames, precision):
     from dataclasses import replace
 
+    from stpm_edge import anomaly_map as am
     from stpm_edge.export import graph as G
     from stpm_edge.export import parity
 
     reference = G.FusedSTPM(
         model, calibration, replace(options, precision="fp32", per_scale_maps=False)
     ).eval()
+    score_range = am.calibration_scale(calibration)
     report = parity.compare(
-        parity.run_torch(reference, frames), parity.run_onnx(graph, frames), precision
+        parity.run_torch(reference, frames), parity.run_onnx(graph, frames), precision, score_range
     )
     parity.require(report)
     logger.info("parity vs PyTorch: %s", report.summary())
@@ -554,7 +556,7 @@ def describe(result: ExportResult) -> str:
     p = result.parity
     lines.append(
         f"  parity vs PyTorch fp32 on {p['frames']} frames: max map error {p['max_rel_map_error']:.2e} of peak, "
-        f"score error {p['max_rel_score_error']:.2e} rel, same ranking: {p['same_score_ranking']}, finite: {p['finite']}"
+        f"score error {p['score_error_of_range']:.2e} of the calibrated range, same ranking: {p['same_score_ranking']}, finite: {p['finite']}"
     )
     if result.engine_path:
         lines.append(f"wrote {result.engine_path}")
