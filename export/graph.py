@@ -41,7 +41,7 @@ import onnx
 import torch
 from torch import nn
 
-from stpm_edge import __version__, colour_map
+from stpm_edge import __version__, colour_map, score_baseline
 from stpm_edge import anomaly_map as am
 from stpm_edge.backbones import get_backbone_spec
 from stpm_edge.errors import ConfigError, ExportError, note
@@ -267,6 +267,7 @@ class FusedSTPM(nn.Module):
                 self.register_buffer("stem_pad_value", -shift.view(1, 3, 1, 1))
         # float32 maths on the frame itself, outside /pair/ (INT8 quantises only the backbones)
         self.colour = None if model.colour is None else copy.deepcopy(model.colour).eval()
+        self.baseline = None if model.baseline is None else copy.deepcopy(model.baseline).eval()
         pair_cls = StackedPair if options.layout == "stacked" else SeparatePair
         self.pair = pair_cls(teacher, student).eval()
         self.half_backbone = options.precision == "fp16"
@@ -302,7 +303,10 @@ class FusedSTPM(nn.Module):
             fuse = self.colour.fuser(
                 self.colour.from_graph_input(image, o.input_format, o.color_order)
             )
-        amap, score, scale_maps = am.score_map(teacher, student, self.size, self.map_settings, fuse)
+        baseline = None if self.baseline is None else self.baseline.values
+        amap, score, scale_maps = am.score_map(
+            teacher, student, self.size, self.map_settings, fuse, baseline
+        )
         normalized = am.normalize_score(
             score, getattr(self, THRESHOLD_NAME), getattr(self, SCALE_NAME)
         )
@@ -387,6 +391,7 @@ def build_metadata(
         "checkpoint_sha256": checkpoint_sha256,
         "outputs": output_names(options),
         "colour_map": colour_map.describe(model.colour),
+        "score_baseline": score_baseline.describe(model.baseline),
     }
     if options.integer_stem:  # the stems read x - 128 (export.int8 quantises them exactly)
         values["integer_stem"] = True

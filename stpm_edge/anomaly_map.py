@@ -194,27 +194,54 @@ class MapSettings:
         )
 
 
+def grid_map(
+    teacher_feats: list[torch.Tensor],
+    student_feats: list[torch.Tensor],
+    size: tuple[int, int],
+    settings: MapSettings = MapSettings(),
+    fuse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The map on the grid it is scored on, fused with ``fuse`` when given -> ((B, 1, h, w),
+    [per-scale maps]), float32. ``fuse`` (grid map -> map on the same grid) adds another map: the
+    colour map (``stpm_edge.colour_map``)."""
+    grid, scale_maps = anomaly_map(
+        teacher_feats, student_feats, size, settings.blur_sigma, settings.resolution
+    )
+    return (grid if fuse is None else fuse(grid)), scale_maps
+
+
+def above_baseline(grid: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """The scored map minus a per-position ``baseline`` (1, 1, h, w) of the same grid, float32
+    (``stpm_edge.score_baseline``)."""
+    # int(): under ONNX tracing shape entries are tensors; both grids are static in the graph
+    fitted, scored = [int(n) for n in baseline.shape[-2:]], [int(n) for n in grid.shape[-2:]]
+    if fitted != scored:
+        raise ValueError(
+            f"score baseline grid {fitted} does not match the map's grid {scored}: "
+            "it was fitted with other map settings (refit it)"
+        )
+    return grid.float() - baseline  # float32 by construction (a .float() would rename it)
+
+
 def score_map(
     teacher_feats: list[torch.Tensor],
     student_feats: list[torch.Tensor],
     size: tuple[int, int],
     settings: MapSettings = MapSettings(),
     fuse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    baseline: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Map, score and scale maps -> ((B, 1, H, W), (B,), [(B, 1, h_i, w_i)]), all float32.
 
     What the model's evaluation and the exported graph both compute: the score is taken on the
-    map's own grid, and the map is upsampled to the input size only for the output. ``fuse``
-    (grid map -> map on the same grid) adds another map before scoring: the colour map
-    (``stpm_edge.colour_map``).
+    map's own grid (:func:`grid_map`), above ``baseline`` when given (the largest value good
+    training images reached at each position: ``stpm_edge.score_baseline``), and the map is
+    upsampled to the input size only for the output. The output map is never baseline-subtracted.
     """
-    grid_map, scale_maps = anomaly_map(
-        teacher_feats, student_feats, size, settings.blur_sigma, settings.resolution
-    )
-    if fuse is not None:
-        grid_map = fuse(grid_map)
-    score = image_score(grid_map, settings.reduction, settings.topk_fraction)
-    full = grid_map if settings.resolution == "input" else upsample(grid_map, size)
+    grid, scale_maps = grid_map(teacher_feats, student_feats, size, settings, fuse)
+    scored = grid if baseline is None else above_baseline(grid, baseline)
+    score = image_score(scored, settings.reduction, settings.topk_fraction)
+    full = grid if settings.resolution == "input" else upsample(grid, size)
     return full, score, scale_maps
 
 

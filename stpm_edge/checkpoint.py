@@ -61,12 +61,15 @@ def save_checkpoint(
         "versions": library_versions(),
         **fields,
     }
-    # the model's own colour map, never a stale copy among ``fields`` (e.g. a re-saved payload)
-    from stpm_edge.colour_map import PAYLOAD_KEY
+    # the model's own post-hoc parts, never a stale copy among ``fields`` (e.g. a re-saved payload)
+    from stpm_edge.colour_map import PAYLOAD_KEY as COLOUR_KEY
+    from stpm_edge.score_baseline import PAYLOAD_KEY as BASELINE_KEY
 
-    payload.pop(PAYLOAD_KEY, None)
-    if model.colour is not None:
-        payload[PAYLOAD_KEY] = model.colour.stats.to_payload()
+    colour = None if model.colour is None else model.colour.stats
+    for key, part in ((COLOUR_KEY, colour), (BASELINE_KEY, model.baseline)):
+        payload.pop(key, None)
+        if part is not None:
+            payload[key] = part.to_payload()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
@@ -135,8 +138,10 @@ def model_from_payload(payload: dict[str, Any], source: str = "checkpoint") -> S
             )
         ) from exc
     from stpm_edge.colour_map import colour_map_from_payload
+    from stpm_edge.score_baseline import baseline_from_payload
 
     model.colour = colour_map_from_payload(payload, config, source)
+    model.baseline = baseline_from_payload(payload, config, source)
     return model.eval()
 
 

@@ -630,30 +630,19 @@ def write_with_colour_map(
     force: bool = False,
     gate_jpeg: int = GATE_JPEG_QUALITY,
 ) -> dict[str, Any]:
-    """``stpm-colour``: a new checkpoint with the colour map of ``mode`` ("off" removes it) and
-    thresholds re-calibrated on the resulting map (by the checkpoint's calibration source)."""
-    from stpm_edge.calibration import recalibrate
-    from stpm_edge.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
-    from stpm_edge.errors import OutputExistsError
-    from stpm_edge.evaluate import torch_scorer
+    """``stpm-colour``: a new checkpoint with the colour map of ``mode`` ("off" removes it), its
+    score baseline (if any) refitted to the new map, and thresholds re-calibrated on it (by the
+    checkpoint's calibration source)."""
+    from stpm_edge.posthoc import rewrite_checkpoint
+    from stpm_edge.score_baseline import refitted
 
-    out = Path(out)
-    if out.resolve() == Path(checkpoint).resolve() or (out.exists() and not force):
-        raise OutputExistsError(
-            note(f"--out {out} exists", "choose a new file (--force replaces it, never the input)")
+    def change(payload: dict[str, Any], model: Any) -> None:
+        model.colour = (
+            None
+            if mode == "off"
+            else fit_for_checkpoint(payload, model, mode, device, batch_size, gate_jpeg)
         )
-    payload = load_checkpoint(checkpoint)
-    model = model_from_payload(payload, str(checkpoint)).to(device)
-    model.colour = (
-        None
-        if mode == "off"
-        else fit_for_checkpoint(payload, model, mode, device, batch_size, gate_jpeg)
-    )
-    calibration = recalibrate(
-        payload, torch_scorer(model, device, batch_size), f"the colour map ({mode})"
-    )
-    core = ("format", "config", "teacher", "student", "calibration", "versions")
-    extra = {k: v for k, v in payload.items() if k not in core}
-    save_checkpoint(out, model, calibration, **extra)  # with the model's colour map entry
-    logger.info("wrote %s (colour map: %s)", out, mode)
-    return calibration
+        model.baseline = refitted(payload, model, device, batch_size)
+
+    what = f"the colour map ({mode})"
+    return rewrite_checkpoint(checkpoint, out, change, what, device, batch_size, force)

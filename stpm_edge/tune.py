@@ -231,6 +231,21 @@ def _calibrate(model, payload: dict[str, Any], device: str, path: str) -> dict[s
     return recalibrate(payload, torch_scorer(model, device), "the tuned student")
 
 
+def _refit_posthoc(model, payload: dict[str, Any], known: list, device: str) -> None:
+    """The student moved: the colour map's STPM scale is re-measured, and the score baseline is
+    refitted on every good image the student now knows (its training images and the marked
+    frames), so a marked frame's own pattern does not count against it."""
+    from stpm_edge.colour_map import good_images, rescaled
+    from stpm_edge.score_baseline import fit_score_baseline
+
+    if model.colour is not None:
+        model.colour = rescaled(payload, model, device)
+    if model.baseline is not None:
+        model.baseline = None  # fitted on the map without one
+        images = good_images(known, model.config.image_size)
+        model.baseline = fit_score_baseline(model, images, device)
+
+
 def tune(cfg: TuneConfig) -> dict[str, Any]:
     """Fine-tune, re-calibrate, write ``cfg.out`` and ``OUT.tune.json``; returns the report."""
     from stpm_edge.checkpoint import load_checkpoint, model_from_payload, save_checkpoint
@@ -252,10 +267,7 @@ def tune(cfg: TuneConfig) -> dict[str, Any]:
     test = labelled_test_set(cfg, payload)
     before_test = labelled_metrics(model, *test, cfg.device) if test else None
     schedule = _fine_tune(model, payload, cfg, train + extra_samples * repeats)
-    if model.colour is not None:  # the student moved: the fusion's STPM scale is re-measured
-        from stpm_edge.colour_map import rescaled
-
-        model.colour = rescaled(payload, model, cfg.device)
+    _refit_posthoc(model, payload, [s.path for s in train] + list(extra), cfg.device)
     new_cal = _calibrate(model, payload, cfg.device, cfg.checkpoint)
     after_scores = score_paths(model, extra, cfg.device)
     after_test = labelled_metrics(model, *test, cfg.device) if test else None

@@ -83,7 +83,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> DemoData:
 @pytest.fixture(scope="session")
 def trained_run(demo_data: DemoData, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """2 epochs, batch 4, 64 px, real pretrained offline teacher, default map/score settings,
-    colour map off."""
+    colour map and score baseline off."""
     from stpm_edge.train import TrainConfig, train
 
     _one_torch_thread()
@@ -99,8 +99,10 @@ def trained_run(demo_data: DemoData, tmp_path_factory: pytest.TempPathFactory) -
         device="cpu",
         progress=False,
         # plain STPM: the tests built on this run check the STPM map's maths and graph; the
-        # colour map (on by default) has its own fixtures (test_colour_*.py)
+        # colour map and the score baseline (on by default) have their own fixtures
+        # (test_colour_*.py, test_score_baseline.py)
         colour_map="off",
+        score_baseline=False,
     )
     return TrainedRun(out, train(cfg))
 

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="switch the checkpoint's colour map off (ablation: plain STPM, thresholds re-fitted)",
     )
+    m.add_argument(
+        "--no-score-baseline",
+        dest="score_baseline",
+        action="store_false",
+        help="score the whole map, not its rise above the checkpoint's score baseline (ablation; "
+        "thresholds re-fitted)",
+    )
     add_logging_args(p)
     return p
 
@@ -97,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         save_calibrated=args.save_calibrated,
         colour_map=args.colour_map,
+        score_baseline=args.score_baseline,
     )
     metrics = evaluate_checkpoint(args.checkpoint, args.data, args.category, args.out, options)
     keys = ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "accuracy_at_threshold")

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {d.colour_map})",
     )
     add_colour_gate_args(p, default=None)
+    m.add_argument(
+        "--score-baseline",
+        action=argparse.BooleanOptionalAction,
+        help="score each image above the largest map value the training images reach at each "
+        "position (the map's fixed pattern: borders, component edges), fitted after training; "
+        f"stpm-baseline adds it to older runs (default: {'on' if d.score_baseline else 'off'})",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--epochs", type=int, help=f"whole passes over the training images (default: {d.epochs})"
