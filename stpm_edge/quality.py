@@ -18,8 +18,9 @@ Layout of one recipe folder (a re-run skips every step whose output exists)::
 
 ``colour_variant`` makes a recipe folder from another one by fitting the colour map to each of its
 trained checkpoints (``stpm-colour``, no retraining) and evaluating that: the same students with
-and without the colour map, compared by ``summarize`` like any two recipes. Its ``train_s`` is the
-source's training time plus the fit.
+and without the colour map, compared by ``summarize`` like any two recipes; ``baseline_variant``
+does the same with the score baseline (``stpm-baseline``, or ``--off`` to take it away). Their
+``train_s`` is the source's training time plus the fit.
 """
 
 from __future__ import annotations
@@ -43,12 +44,19 @@ Command = Callable[[list[str]], int]
 
 
 def _commands() -> dict[str, Command]:
+    from stpm_edge.cli.baseline import main as baseline_main
     from stpm_edge.cli.colour import main as colour_main
     from stpm_edge.cli.data import main as data_main
     from stpm_edge.cli.evaluate import main as eval_main
     from stpm_edge.cli.train import main as train_main
 
-    return {"data": data_main, "train": train_main, "eval": eval_main, "colour": colour_main}
+    return {
+        "data": data_main,
+        "train": train_main,
+        "eval": eval_main,
+        "colour": colour_main,
+        "baseline": baseline_main,
+    }
 
 
 def _call(commands: dict[str, Command], name: str, argv: list[str]) -> float:
@@ -159,8 +167,32 @@ def colour_variant(
     gate_jpeg: int = DEFAULT_COLOUR_GATE_JPEG,
 ) -> Path:
     """The recipe folder ``source`` with the colour map fitted (``mode``, its gate also set on
-    JPEG copies at ``gate_jpeg``) to every trained checkpoint, evaluated into ``out`` (finished
-    categories are skipped)."""
+    JPEG copies at ``gate_jpeg``) to every trained checkpoint, evaluated into ``out``."""
+    fit = ["--mode", mode, "--colour-gate-jpeg", str(gate_jpeg)]
+    variant = {"colour_map": mode, "colour_gate_jpeg": gate_jpeg}
+    return posthoc_variant(source, out, "colour", fit, variant, commands)
+
+
+def baseline_variant(
+    source: str | Path, out: str | Path, on: bool = True, commands: dict[str, Command] | None = None
+) -> Path:
+    """The recipe folder ``source`` with the score baseline fitted to (``on``) or removed from
+    every trained checkpoint (``stpm-baseline``), evaluated into ``out``."""
+    fit = [] if on else ["--off"]
+    return posthoc_variant(source, out, "baseline", fit, {"score_baseline": on}, commands)
+
+
+def posthoc_variant(
+    source: str | Path,
+    out: str | Path,
+    command: str,
+    fit_args: list[str],
+    variant: dict,
+    commands: dict[str, Command] | None = None,
+) -> Path:
+    """The recipe folder ``source`` with ``stpm-<command> CKPT *fit_args --out NEW`` applied to
+    every trained checkpoint (no retraining), evaluated into ``out`` (finished categories are
+    skipped). ``variant`` is what the new recipe.json adds to the source's."""
     source, out = Path(source), Path(out)
     if not (source / "recipe.json").exists():
         raise DataError(
@@ -168,8 +200,7 @@ def colour_variant(
         )
     commands = commands or _commands()
     recipe = json.loads((source / "recipe.json").read_text())
-    variant = {"colour_map": mode, "colour_gate_jpeg": gate_jpeg, "derived_from": str(source)}
-    _check_recipe(out / "recipe.json", {**recipe, **variant})
+    _check_recipe(out / "recipe.json", {**recipe, **variant, "derived_from": str(source)})
     for timing_file in sorted(source.glob("seed*/*/timing.json")):
         folder = timing_file.parent
         seed_dir, category = folder.parent.name, folder.name
@@ -178,13 +209,13 @@ def colour_variant(
             continue
         ckpt = target / "train" / "best.ckpt"
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        fit = ["--mode", mode, "--colour-gate-jpeg", str(gate_jpeg), "--out", str(ckpt), "--force"]
-        colour_s = _call(commands, "colour", [str(folder / "train" / "best.ckpt"), *fit])
+        argv = [str(folder / "train" / "best.ckpt"), *fit_args, "--out", str(ckpt), "--force"]
+        fit_s = _call(commands, command, argv)
         eval_s = _evaluate(commands, target, source / "data" / seed_dir, category)
-        train_s = json.loads(timing_file.read_text())["train_s"] + colour_s
-        timing = {"train_s": train_s, "colour_s": colour_s, "eval_s": eval_s}
+        train_s = json.loads(timing_file.read_text())["train_s"] + fit_s
+        timing = {"train_s": train_s, f"{command}_s": fit_s, "eval_s": eval_s}
         (target / "timing.json").write_text(json.dumps(timing, indent=2))
-        logger.info("%s: colour map fitted in %.0f s", target, colour_s)
+        logger.info("%s: stpm-%s in %.0f s", target, command, fit_s)
     return out
 
 
@@ -288,6 +319,8 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
                 f", then stpm-colour --mode {recipe['colour_map']} --colour-gate-jpeg {gate}"
                 " (no retraining)"
             )
+        if "score_baseline" in recipe:
+            flags += f", then stpm-baseline{'' if recipe['score_baseline'] else ' --off'}"
         sections.append(f"## {Path(folder).name}\n\nstpm-train {flags}\n\n{recipe_table(summary)}")
         if baseline is not None:
             sections.append(_delta_line(baseline, summary))

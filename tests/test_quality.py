@@ -12,6 +12,7 @@ import pytest
 from stpm_edge.cli.quality import main
 from stpm_edge.errors import ConfigError
 from stpm_edge.quality import (
+    baseline_variant,
     collect,
     colour_variant,
     common_runs,
@@ -30,7 +31,13 @@ class FakeCommands(dict):
     their arguments. Metrics depend on the seed, so summaries have a spread."""
 
     def __init__(self) -> None:
-        super().__init__(data=self.data, train=self.train, eval=self.eval, colour=self.colour)
+        super().__init__(
+            data=self.data,
+            train=self.train,
+            eval=self.eval,
+            colour=self.colour,
+            baseline=self.baseline,
+        )
         self.calls: list[tuple[str, list[str]]] = []
 
     def data(self, argv: list[str]) -> int:
@@ -49,6 +56,13 @@ class FakeCommands(dict):
         """The colour checkpoint adds 100 to the seed the fake eval reads (+1.0 image AUROC)."""
         self.calls.append(("colour", argv))
         Path(_value(argv, "--out")).write_text(str(int(Path(argv[0]).read_text()) + 100))
+        return 0
+
+    def baseline(self, argv: list[str]) -> int:
+        """The baseline checkpoint adds 200 to the seed (--off: subtracts 1)."""
+        self.calls.append(("baseline", argv))
+        shift = -1 if "--off" in argv else 200
+        Path(_value(argv, "--out")).write_text(str(int(Path(argv[0]).read_text()) + shift))
         return 0
 
     def eval(self, argv: list[str]) -> int:
@@ -155,6 +169,24 @@ def test_colour_variant_evaluates_each_trained_checkpoint(tmp_path):
     assert fake.calls == []
     with pytest.raises(ConfigError, match="another recipe"):
         colour_variant(source, out, "aligned", fake)
+
+
+def test_baseline_variant_fits_or_removes_it_on_each_checkpoint(tmp_path):
+    fake = FakeCommands()
+    source = run_recipe(tmp_path / "base", [1], ["gear"], [], [], fake)
+    fake.calls.clear()
+    on = baseline_variant(source, tmp_path / "on", True, fake)
+    off = baseline_variant(source, tmp_path / "off", False, fake)
+    assert [name for name, _ in fake.calls] == ["baseline", "eval"] * 2
+    assert "--off" not in fake.calls[0][1] and "--off" in fake.calls[2][1]
+    timing = json.loads((on / "seed1" / "gear" / "timing.json").read_text())
+    assert set(timing) == {"train_s", "baseline_s", "eval_s"}
+    image = lambda folder: summarize_recipe(collect(folder))["categories"]["gear"]["image_auroc"]  # noqa: E731
+    assert image(on)[0] == pytest.approx(0.8 + 2.01) and image(off)[0] == pytest.approx(0.8)
+    text = summarize([source, on, off])
+    assert "then stpm-baseline\n" in text and "then stpm-baseline --off" in text
+    with pytest.raises(ConfigError, match="another recipe"):
+        baseline_variant(source, on, False, fake)
 
 
 def test_summary_compares_only_the_runs_every_recipe_has(tmp_path):

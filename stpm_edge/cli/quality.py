@@ -3,12 +3,14 @@
     python -m stpm_edge.cli.quality run --out runs/quality/default --seeds 0,1,2
     python -m stpm_edge.cli.quality run --out runs/quality/e50 --seeds 0,1,2 --train-args "--epochs 50"
     python -m stpm_edge.cli.quality colour runs/quality/default --out runs/quality/default_colour
+    python -m stpm_edge.cli.quality baseline runs/quality/default --off --out runs/quality/no_base
     python -m stpm_edge.cli.quality summary runs/quality/default runs/quality/e50 --out quality.md
     python -m stpm_edge.cli.quality parity runs/quality/default_colour --seeds 0
 
 ``run`` builds the benchmark per seed, trains and evaluates every category (skipping finished
 steps, so an interrupted run resumes); ``colour`` fits the colour map to a recipe's trained
-checkpoints and evaluates them as a new recipe folder (no retraining); ``summary`` prints mean +- std over seeds per category,
+checkpoints and evaluates them as a new recipe folder (no retraining), ``baseline`` likewise with
+the score baseline (``--off``: without it); ``summary`` prints mean +- std over seeds per category,
 the weakest defect types and the training minutes, and compares each recipe with the first;
 ``parity`` exports a recipe's checkpoints (FP32, FP16, INT8) and compares the graphs' AUROCs
 with PyTorch's (``stpm_edge.quality_parity``).
@@ -58,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     colour.add_argument("--out", required=True, type=Path, help="the new recipe folder")
     colour.add_argument("--mode", choices=COLOUR_MODES, default=DEFAULT_COLOUR_MODE)
     add_colour_gate_args(colour, default=DEFAULT_COLOUR_GATE_JPEG)
+    baseline = sub.add_parser(
+        "baseline", formatter_class=HelpFormatter, help="a recipe's checkpoints +- the baseline"
+    )
+    baseline.add_argument("source", type=Path, help="a recipe folder made by `run`")
+    baseline.add_argument("--out", required=True, type=Path, help="the new recipe folder")
+    baseline.add_argument("--off", action="store_true", help="remove the score baseline instead")
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
     summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")
@@ -77,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stpm_edge.quality import colour_variant, run_recipe, summarize
+    from stpm_edge.quality import baseline_variant, colour_variant, run_recipe, summarize
 
     if args.command == "parity":
         from stpm_edge.quality_parity import export_parity, parity_table
@@ -87,6 +95,9 @@ def _run(args: argparse.Namespace) -> int:
         print(parity_table(result, precisions), end="")
     elif args.command == "colour":
         colour_variant(args.source, args.out, args.mode, gate_jpeg=args.colour_gate_jpeg)
+        print(summarize([args.source, args.out]), end="")
+    elif args.command == "baseline":
+        baseline_variant(args.source, args.out, not args.off)
         print(summarize([args.source, args.out]), end="")
     elif args.command == "run":
         run_recipe(
