@@ -3,14 +3,13 @@ ablated by stpm-eval; older checkpoints (without it) load and score exactly as b
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_quiet
 
 from stpm_edge import colour_map as cm
 from stpm_edge.checkpoint import load_checkpoint, load_model_from_checkpoint
@@ -19,10 +18,7 @@ from stpm_edge.checkpoint import load_checkpoint, load_model_from_checkpoint
 def run_colour(argv: list[str]) -> tuple[int, str]:
     from stpm_edge.cli.colour import main
 
-    stderr = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
-        rc = main(argv)
-    return rc, stderr.getvalue()
+    return run_quiet(main, argv)
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ checkpoint (older checkpoints load and score as before)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_quiet
 
 from stpm_edge import anomaly_map as am
 from stpm_edge import score_baseline as sb
@@ -90,19 +89,12 @@ def test_fit_is_the_per_position_max_of_the_scored_map(random_model) -> None:
     assert (score <= 1e-6).all()  # no training image rises above its own baseline
 
 
-def run_cli(main, argv: list[str]) -> tuple[int, str]:
-    stderr = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
-        rc = main(argv)
-    return rc, stderr.getvalue()
-
-
 @pytest.fixture(scope="module")
 def baseline_ckpt(best_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stpm_edge.cli.baseline import main
 
     out = tmp_path_factory.mktemp("baseline") / "baseline.ckpt"
-    rc, err = run_cli(main, [str(best_ckpt), "--out", str(out), "-q"])
+    rc, err = run_quiet(main, [str(best_ckpt), "--out", str(out), "-q"])
     assert rc == 0, err
     return out
 
@@ -131,7 +123,7 @@ def test_stpm_baseline_off_removes_it(baseline_ckpt, tmp_path) -> None:
     from stpm_edge.cli.baseline import main
 
     out = tmp_path / "off.ckpt"
-    rc, err = run_cli(main, [str(baseline_ckpt), "--off", "--out", str(out), "-q"])
+    rc, err = run_quiet(main, [str(baseline_ckpt), "--off", "--out", str(out), "-q"])
     assert rc == 0, err
     assert sb.PAYLOAD_KEY not in load_checkpoint(out)
 
@@ -140,7 +132,7 @@ def test_stpm_baseline_never_overwrites_its_input(baseline_ckpt) -> None:
     from stpm_edge.cli.baseline import main
 
     stamp = baseline_ckpt.stat().st_mtime_ns
-    rc, err = run_cli(main, [str(baseline_ckpt), "--out", str(baseline_ckpt), "--force"])
+    rc, err = run_quiet(main, [str(baseline_ckpt), "--out", str(baseline_ckpt), "--force"])
     assert rc != 0 and "--out" in err and "Note:" in err
     assert baseline_ckpt.stat().st_mtime_ns == stamp
 
@@ -166,7 +158,7 @@ def test_stpm_eval_ablation_scores_as_without_it(best_ckpt, baseline_ckpt, demo_
         ("ablated", baseline_ckpt, ["--no-score-baseline"]),
     ):
         out = tmp_path / name
-        rc, err = run_cli(main, [str(ckpt), *where, "--out", str(out), *extra])
+        rc, err = run_quiet(main, [str(ckpt), *where, "--out", str(out), *extra])
         assert rc == 0, err
         results[name] = json.loads((out / "metrics.json").read_text())
     assert results["ablated"]["image_auroc"] == results["plain"]["image_auroc"]
@@ -180,7 +172,7 @@ def test_stpm_colour_refits_it_to_the_new_map(baseline_ckpt, tmp_path) -> None:
     from stpm_edge.cli.colour import main
 
     out = tmp_path / "colour.ckpt"
-    rc, err = run_cli(main, [str(baseline_ckpt), "--mode", "texture", "--out", str(out), "-q"])
+    rc, err = run_quiet(main, [str(baseline_ckpt), "--mode", "texture", "--out", str(out), "-q"])
     assert rc == 0, err
     model = load_model_from_checkpoint(out)
     payload = load_checkpoint(out)

@@ -13,6 +13,8 @@ import copy
 import numpy as np
 import onnx
 import pytest
+from helpers import normalised
+from helpers import run_graph as run
 from onnx import TensorProto
 
 from stpm_edge.export.trt_check import check_model, format_violations
@@ -54,24 +56,6 @@ def build(model, precision: str = "fp32", inp: str = "uint8") -> onnx.ModelProto
         calib = frames(3, 2)[..., ::-1] if inp == "uint8" else normalised(model, frames(3, 2))
         graph = quantize_int8(graph, np.ascontiguousarray(calib), progress=False, target="tensorrt")
     return graph
-
-
-def normalised(model, rgb: np.ndarray) -> np.ndarray:
-    from stpm_edge.runtime.image import normalize
-
-    return normalize(rgb, model.config.mean, model.config.std)
-
-
-def run(graph: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"image": inputs}), strict=True))
 
 
 def test_fp32_graph_scores_above_the_baseline_as_pytorch_does(model) -> None:

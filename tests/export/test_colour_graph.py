@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from helpers import normalised
+from helpers import run_graph as run
 from onnx import TensorProto, numpy_helper
 
 from stpm_edge.export.trt_check import check_model, format_violations
@@ -87,24 +89,6 @@ def build(model, graphs: dict, precision: str = "fp32", inp: str = "uint8", layo
             )
         graphs[key] = graph
     return graphs[key]
-
-
-def normalised(model, rgb: np.ndarray) -> np.ndarray:
-    from stpm_edge.runtime.image import normalize
-
-    return normalize(rgb, model.config.mean, model.config.std)
-
-
-def run(graph: onnx.ModelProto, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"image": inputs}), strict=True))
 
 
 def torch_outputs(model, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
