@@ -125,6 +125,13 @@ def add_threads_args(parser: argparse.ArgumentParser, *, multiple: bool = False)
     )
 
 
+def add_torch_device_args(parser: argparse.ArgumentParser) -> None:
+    """PyTorch inference: ``--device`` and ``--batch-size`` (stpm-eval, stpm-colour, stpm-baseline)."""
+    g = _group(parser, "pytorch")
+    g.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
+    g.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+
+
 def add_batch_args(parser: argparse.ArgumentParser, *, multiple: bool = False) -> None:
     """Batch: ``--batch``, the batch size fed to the model (``multiple``: a comma list to sweep)."""
     g = _group(parser, "backend")

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.cli.args import add_logging_args, add_output_args
+from stpm_edge.cli.args import add_logging_args, add_output_args, add_torch_device_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Fit the score baseline to a trained checkpoint and write a NEW checkpoint.
@@ -31,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint written by stpm-train")
     p.add_argument("--off", action="store_true", help="remove the score baseline instead")
     add_output_args(p, required=True, help="the new checkpoint (a .ckpt file)")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_torch_device_args(p)
     add_logging_args(p)
     return p
 

@@ -13,7 +13,12 @@ from stpm_edge.choices import (
     GATE_JPEG_FIX,
     check_gate_jpeg,
 )
-from stpm_edge.cli.args import add_colour_gate_args, add_logging_args, add_output_args
+from stpm_edge.cli.args import (
+    add_colour_gate_args,
+    add_logging_args,
+    add_output_args,
+    add_torch_device_args,
+)
 from stpm_edge.cli.common import HelpFormatter, run_cli
 from stpm_edge.errors import ConfigError, note
 
@@ -46,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_colour_gate_args(p, default=DEFAULT_COLOUR_GATE_JPEG)
     add_output_args(p, required=True, help="the new checkpoint (a .ckpt file)")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_torch_device_args(p)
     add_logging_args(p)
     return p
 

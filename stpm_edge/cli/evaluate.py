@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from stpm_edge.cli.args import add_logging_args, add_output_args
+from stpm_edge.cli.args import add_logging_args, add_output_args, add_torch_device_args
 from stpm_edge.cli.common import HelpFormatter, run_cli
 
 DESCRIPTION = """Evaluate a trained checkpoint on DATA/CATEGORY/test.
@@ -31,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset root in MVTec AD layout")
     p.add_argument("--category", required=True, help="category folder under --data")
     add_output_args(p, required=True, help="folder for the evaluation files")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda[:N]'")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    add_torch_device_args(p)
     p.add_argument(
         "--skip-bad",
         action="store_true",
