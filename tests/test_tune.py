@@ -104,3 +104,28 @@ def test_empty_review_folder_is_a_user_error(trained_run, tmp_path: Path, capsys
     args = [str(trained_run.best), "--extra-good", str(tmp_path / "good"), "--out", "x.ckpt"]
     assert main(args) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_a_score_baseline_is_refitted_on_every_good_image_the_student_knows(
+    demo_data, trained_run, tmp_path: Path
+) -> None:
+    import torch
+
+    from stpm_edge.checkpoint import load_checkpoint, load_model_from_checkpoint
+    from stpm_edge.colour_map import good_images
+    from stpm_edge.score_baseline import fit_score_baseline, write_with_score_baseline
+    from stpm_edge.tune import original_train
+
+    src = tmp_path / "baseline.ckpt"
+    write_with_score_baseline(trained_run.best, src)
+    marked = brightened_goods(demo_data, tmp_path / "good", count=2)
+    out = tmp_path / "tuned.ckpt"
+    args = [str(src), "--extra-good", str(marked), "--out", str(out), "--epochs", "1", "-q"]
+    assert main(args) == 0
+    known = [s.path for s in original_train(load_checkpoint(src))] + sorted(marked.iterdir())
+    tuned = load_model_from_checkpoint(out)
+    assert tuned.baseline is not None and tuned.baseline.images == len(known)
+    fitted_on_the_tuned_map = tuned.baseline.values.clone()
+    tuned.baseline = None
+    refit = fit_score_baseline(tuned, good_images(known, tuned.config.image_size))
+    torch.testing.assert_close(fitted_on_the_tuned_map, refit.values)
