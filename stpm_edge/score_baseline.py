@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from stpm_edge.backbones import get_backbone_spec
-from stpm_edge.errors import CheckpointError, note
+from stpm_edge.errors import CheckpointError, DataError, note
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,18 @@ def fit_for_checkpoint(
     from stpm_edge.colour_map import good_images
     from stpm_edge.tune import original_train
 
-    size = model.config.image_size
-    train = good_images([s.path for s in original_train(payload)], size)
+    try:
+        samples = original_train(payload)
+    except DataError as exc:
+        missing = str(exc).split("\n")[0]
+        raise DataError(
+            note(
+                f"{missing}: the score baseline is fitted on it",
+                "run where the training data lives, or without the baseline "
+                "(stpm-eval --no-score-baseline, stpm-baseline --off)",
+            )
+        ) from exc
+    train = good_images([s.path for s in samples], model.config.image_size)
     return fit_score_baseline(model, train, device, batch_size)
 
 

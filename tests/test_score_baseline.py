@@ -187,3 +187,16 @@ def load_without_baseline(path: Path):
     model = load_model_from_checkpoint(path)
     model.baseline = None
     return model
+
+
+def test_refitting_without_the_training_data_says_what_to_do(baseline_ckpt, tmp_path) -> None:
+    from stpm_edge.cli.evaluate import main
+
+    payload = load_checkpoint(baseline_ckpt)
+    payload["train_config"] = {**payload["train_config"], "data": str(tmp_path / "moved")}
+    moved = tmp_path / "moved.ckpt"
+    torch.save(payload, moved)
+    argv = [str(moved), "--data", "x", "--category", "y", "--out", str(tmp_path / "e")]
+    rc, err = run_quiet(main, [*argv, "--blur-sigma", "2"])  # a map override: refit needed
+    assert rc == 2
+    assert "score baseline is fitted on it" in err and "--no-score-baseline" in err
