@@ -11,15 +11,15 @@ As in :mod:`stpm_edge.export.int8`, only the backbones are quantised: every node
 ``/pair/`` (pre-processing and the distance tail: normalisation, distances, upsampling, product,
 blur, score) is in NNCF's ignored scope and stays float32, because the small feature distances are
 exactly what 8 bits cannot hold. The tail reads the backbones' features through their
-DequantizeLinear nodes, as in ONNX Runtime's QDQ graphs (``int8.tail_reads_quantized``). The
-backbone's float head (``int8.float_nodes``: stems and registered ``int8_float`` modules) is in the
+DequantizeLinear nodes, as in ONNX Runtime's QDQ graphs (``int8_graph.tail_reads_quantized``). The
+backbone's float head (``int8_graph.float_nodes``: stems and registered ``int8_float`` modules) is in the
 ignored scope too, as in the ONNX Runtime targets: all 8-bit, NNCF's graph of the default lost
 0.033 image AUROC on the benchmark (label, seed 0), with the float head 0.0057. An integer stem
-(resnet18) is quantised after NNCF, at scale 1 (``int8.quantize_stems``). NNCF's overflow fix
+(resnet18) is quantised after NNCF, at scale 1 (``int8_weights.quantize_stems``). NNCF's overflow fix
 is on for every layer (its default: the first only), so dense weights are 7-bit and OpenVINO's
 kernels give the same output on CPUs with and without VNNI (measured: 12-17 % of the score apart
 on an emulated AVX2 CPU with the default). It skips grouped convolutions — every convolution of
-the stacked layout — so those are re-quantised to 7 bits afterwards (``int8.cap_dense_weights``).
+the stacked layout — so those are re-quantised to 7 bits afterwards (``int8_weights.cap_dense_weights``).
 
 nncf is an optional dependency (the ``quantization`` extra); it is imported only when called.
 """
@@ -33,14 +33,13 @@ import numpy as np
 import onnx
 
 from stpm_edge.errors import ExportError, note
-from stpm_edge.export.int8 import (
+from stpm_edge.export.int8_graph import (
     BACKBONE_SCOPES,
-    cap_dense_weights,
     float_nodes,
-    quantize_stems,
     stem_convs,
     tail_reads_quantized,
 )
+from stpm_edge.export.int8_weights import cap_dense_weights, quantize_stems
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def quantize_nncf(
     }
     if preset not in presets:
         raise ExportError(note(f"unknown NNCF preset {preset!r}", f"choose one of {list(presets)}"))
-    # no stem is NNCF's to quantise: an integer stem is quantised after it (int8.quantize_stems)
+    # no stem is NNCF's to quantise: an integer stem is quantised after it (int8_weights.quantize_stems)
     float_head = set(float_nodes(graph, backbone)) | {n.name for n in stem_convs(graph)}
     name = _input_name(graph)
     items = [frames[i : i + 1] for i in range(len(frames))]

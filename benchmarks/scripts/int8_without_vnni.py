@@ -1,7 +1,7 @@
 """Do INT8 graphs score the same on an x86 CPU without VNNI? This host against an emulated Haswell.
 
 x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) add pairs of u8 x s8 products in int16
-and saturate above 32767, which 8-bit weights reach (``stpm_edge.export.int8.PAIR_SAFE_WEIGHT``).
+and saturate above 32767, which 8-bit weights reach (``stpm_edge.export.int8_weights.PAIR_SAFE_WEIGHT``).
 For each checkpoint of a recipe folder this script prepares the test split's frames on this host,
 runs the exported graph on them here and under QEMU's user-mode emulator with ``-cpu Haswell``
 (AVX2, no VNNI: ONNX Runtime and OpenVINO pick their kernels from the emulated CPUID), and

@@ -103,7 +103,7 @@ def int8_weights_check(
     try:
         import onnx
 
-        from stpm_edge.export.int8 import PAIR_SAFE_WEIGHT, largest_dense_weight
+        from stpm_edge.export.int8_weights import PAIR_SAFE_WEIGHT, largest_dense_weight
 
         largest = largest_dense_weight(onnx.load(model))
     except Exception as exc:  # onnx missing or an unreadable graph: the other checks say which

@@ -247,7 +247,7 @@ def test_float_stems_are_the_networks_first_convolutions_only() -> None:
     networks' own stems (teacher, student, or the stacked pair) stay float."""
     from onnx import helper
 
-    from stpm_edge.export.int8 import float_nodes
+    from stpm_edge.export.int8_graph import float_nodes
 
     names = [
         "/pair/teacher/conv1/Conv",
@@ -268,7 +268,7 @@ def test_efficientnet_lite0_keeps_the_blocks_up_to_its_finest_feature_float() ->
     their nodes, in every network), and nothing past them: _blocks.1 is not _blocks.10."""
     from onnx import helper
 
-    from stpm_edge.export.int8 import float_nodes
+    from stpm_edge.export.int8_graph import float_nodes
 
     kept = [
         "/pair/teacher/_conv_stem/Conv",

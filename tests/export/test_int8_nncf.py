@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from stpm_edge.errors import ExportError
-from stpm_edge.export import int8, int8_nncf
+from stpm_edge.export import int8, int8_graph, int8_nncf, int8_weights
 
 SIZE = 16
 
@@ -132,7 +132,7 @@ def test_stem_stays_float_and_weights_fit_cpus_without_vnni() -> None:
     producers = {o: n for n in q.graph.node for o in n.output}
     weights = [producers[n.input[1]] for n in q.graph.node if n.op_type == "Conv"]
     assert [w.op_type for w in weights] == ["DequantizeLinear"] * 2
-    assert int8.largest_dense_weight(q) <= int8.PAIR_SAFE_WEIGHT
+    assert int8_weights.largest_dense_weight(q) <= int8_weights.PAIR_SAFE_WEIGHT
 
 
 def test_grouped_convolutions_get_7_bit_weights_too() -> None:
@@ -143,7 +143,7 @@ def test_grouped_convolutions_get_7_bit_weights_too() -> None:
     names = ("/pair/pair/layer1/Conv", "/pair/pair/layer2/Conv")
     fp32 = tiny_fused_graph(convs=names, groups=2)
     q = int8_nncf.quantize_nncf(fp32, _frames(8), subset_size=8)
-    assert int8.largest_dense_weight(q) <= int8.PAIR_SAFE_WEIGHT
+    assert int8_weights.largest_dense_weight(q) <= int8_weights.PAIR_SAFE_WEIGHT
     want, got = _run_ort(fp32, _frames(4, seed=1)), _run_ort(q, _frames(4, seed=1))
     rel = np.abs(got["score"] - want["score"]) / np.abs(want["score"])
     assert rel.max() < 0.2  # the re-quantised weights still compute the same layer
@@ -178,7 +178,7 @@ def test_tail_reads_quantized_keeps_the_stacked_split_and_backbone() -> None:
     tail = helper.make_node("Mul", ["x", "x"], ["m"], name="/Mul")
     graph = helper.make_graph([x, q, dq, conv_float, split, tail], "g", [], [])
     model = helper.make_model(graph)
-    assert int8.tail_reads_quantized(model) == 3
+    assert int8_graph.tail_reads_quantized(model) == 3
     inputs = {n.name: list(n.input) for n in model.graph.node}  # make_graph copied the nodes
     assert inputs["/pair/Slice"] == ["xd", "b", "e"] and inputs["/Mul"] == ["xd", "xd"]
     assert inputs["/pair/pair/layer2/relu"] == ["x"] and inputs["q"][0] == "x"

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from stpm_edge.errors import ExportError
 from stpm_edge.export import graph as G
-from stpm_edge.export import int8
+from stpm_edge.export import int8, int8_graph, int8_weights
 
 SIZE = 64
 CALIBRATION = {"image_threshold": 0.5, "pixel_threshold": 0.5, "score_min": 0.0, "score_max": 1.0}
@@ -73,7 +73,7 @@ def test_integer_stem_graph_computes_what_the_plain_graph_does(model, layout, co
 
 def test_stem_input_is_whole_numbers_in_one_byte(model) -> None:
     graph = build(model, True)
-    (source,) = int8.stem_inputs(graph)
+    (source,) = int8_graph.stem_inputs(graph)
     pad = 3  # resnet18's 7x7 stem pads 3 on each side
     stem_input = run(graph, frames(1, 3), (source,))[2]
     assert stem_input.shape == (3, 3, SIZE + 2 * pad, SIZE + 2 * pad)
@@ -109,9 +109,11 @@ def test_cpu_int8_quantises_the_stems_at_scale_one(model) -> None:
     these frames would clip the byte's ends (about 1.08 per step on photographs: rounding)."""
     fp32 = build(model, True)
     q = int8.quantize_int8(fp32, calibration_frames(), progress=False, target="cpu")
-    scale, zero = exact_quantiser(q, int8.stem_inputs(fp32)[0])
+    scale, zero = exact_quantiser(q, int8_graph.stem_inputs(fp32)[0])
     assert scale == 1.0 and zero.dtype == np.uint8 and int(zero) == 128
-    assert all(np.abs(w.astype(int)).max() <= int8.PAIR_SAFE_WEIGHT for w in stem_weights(q))
+    assert all(
+        np.abs(w.astype(int)).max() <= int8_weights.PAIR_SAFE_WEIGHT for w in stem_weights(q)
+    )
     (want, _), (got, _) = run(fp32, frames(3, 2)), run(q, frames(3, 2))
     assert np.isfinite(got).all() and np.abs(got - want).max() < 0.5 * np.abs(want).max()
 
@@ -122,9 +124,9 @@ def test_openvino_int8_quantises_the_stems_after_nncf(model) -> None:
     pytest.importorskip("nncf", reason="nncf not installed (pip install '.[quantization]')")
     fp32 = build(model, True)
     q = int8.quantize_int8(fp32, calibration_frames(), target="openvino")
-    scale, zero = exact_quantiser(q, int8.stem_inputs(fp32)[0])
+    scale, zero = exact_quantiser(q, int8_graph.stem_inputs(fp32)[0])
     assert scale == 1.0 and zero.dtype == np.int8 and int(zero) == 0
-    assert all(np.abs(w.astype(int)).max() < int8.PAIR_SAFE_WEIGHT for w in stem_weights(q))
+    assert all(np.abs(w.astype(int)).max() < int8_weights.PAIR_SAFE_WEIGHT for w in stem_weights(q))
     onnx.checker.check_model(q)
     (want, _), (got, _) = run(fp32, frames(3, 2)), run(q, frames(3, 2))
     assert np.isfinite(got).all() and np.abs(got - want).max() < 0.5 * np.abs(want).max()
