@@ -6,7 +6,12 @@ an aligned part's components, a rendered part's specular rim. A good part lights
 frame, so the image score (max or top-k mean of the map) of a good image can be as high as a
 defect's elsewhere. The baseline is that pattern: the largest value each position of the scored
 map (the STPM map, fused with the colour map when there is one) reached on the run's training
-images. The image score is then the top-k mean (or max) of ``map - baseline``.
+images, ``peak``. The image score is then the top-k mean (or max) of ``map - (peak - max(peak))``:
+every position is lifted by how far its training peak lies below the highest one, so only what
+rises above the pattern counts. The constant ``max(peak)`` changes no ranking but keeps scores
+positive (the map is >= 0, the stored ``values = peak - max(peak)`` are <= 0): the validation
+calibration fits a log-normal to the good images' scores, and scores of ``map - peak`` sit around
+0 (a negative score, clipped for the log, put one threshold at 7e28).
 
 * The training images, not the validation images: the validation images stay held out for what
   must not have seen them (the thresholds, the colour map's scales). The student was trained on
@@ -84,11 +89,12 @@ def baseline_from_payload(
             note(f"{source}: malformed {PAYLOAD_KEY!r} entry ({exc!r})", _REFIT)
         ) from exc
     expected = scoring_grid(config)
-    if tuple(values.shape) != expected or not bool(torch.isfinite(values).all()):
+    fits = tuple(values.shape) == expected and bool(torch.isfinite(values).all())
+    if not fits or float(values.max()) > 0:
         raise CheckpointError(
             note(
                 f"{source}: {PAYLOAD_KEY!r} of shape {tuple(values.shape)} does not fit the "
-                f"model's scoring grid {expected} (or is not finite)",
+                f"model's scoring grid {expected} (or is not finite, or rises above 0)",
                 _REFIT,
             )
         )
@@ -105,7 +111,7 @@ def describe(baseline: ScoreBaseline | None) -> dict[str, Any]:
         "grid": list(baseline.grid),
         "images": baseline.images,
         "mean": float(values.mean()),
-        "max": float(values.max()),
+        "min": float(values.min()),
     }
 
 
@@ -114,7 +120,8 @@ def fit_score_baseline(
     model: Any, train_images: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 8
 ) -> ScoreBaseline:
     """The per-position max of ``model``'s scored grid map (with its colour map, without any
-    baseline) over ``train_images``, uint8 RGB (N, S, S, 3) at the model's size."""
+    baseline) over ``train_images``, uint8 RGB (N, S, S, 3) at the model's size, less its own
+    largest value (the module docstring says why)."""
     from stpm_edge.runtime.image import normalize
 
     if len(train_images) == 0:
@@ -124,9 +131,10 @@ def fit_score_baseline(
         x = torch.from_numpy(normalize(train_images[start : start + batch_size], cfg.mean, cfg.std))
         batch_peak = model.scored_grid_map(x.to(device)).amax(dim=0, keepdim=True).cpu()
         peak = batch_peak if peak is None else torch.maximum(peak, batch_peak)
-    baseline = ScoreBaseline(peak, len(train_images))
+    baseline = ScoreBaseline(peak - peak.max(), len(train_images))
     logger.info(
-        "score baseline fitted on %d training images: mean %.4g, max %.4g of the scored map",
+        "score baseline fitted on %d training images: the scored map's peak %.4g on average, "
+        "%.4g at most",
         len(train_images),
         float(peak.mean()),
         float(peak.max()),
