@@ -395,6 +395,8 @@ def export_checkpoint(args: argparse.Namespace) -> ExportResult:
     G.set_metadata(
         graph, G.read_metadata(graph) | {"stpm.target": target, "stpm.batch_range": batch_range}
     )
+    if precision != "fp32":
+        _refit_baseline(graph, payload, model.config, options, precision)
     _recalibrate(graph, payload, model.config, options, args)
     if fp32_graph is not None:  # --gate: the measured AUROC loss decides before any write
         from stpm_edge.export.int8_gate import gate_graphs, require_gate
@@ -449,6 +451,38 @@ def check_trt_file(path: Path, trt_version: str) -> int:
     print(f"{path}: {len(violations)} TensorRT {trt_version} ONNX-parser violation(s):")
     print(format_violations(violations))
     return 2
+
+
+def _refit_baseline(graph, payload: dict, config, options, precision: str) -> None:
+    """An FP16/INT8 graph's score baseline refitted on its own map over the checkpoint's training
+    images (``export.graph_baseline``); when they are gone, PyTorch's is kept and a warning says so.
+    The metadata says which it is (``stpm.score_baseline``: ``fitted_on``)."""
+    from stpm_edge.errors import DataError
+    from stpm_edge.export import graph as G
+    from stpm_edge.export import graph_baseline
+    from stpm_edge.tune import original_train
+
+    if not graph_baseline.has_baseline(graph):
+        return
+    entry = json.loads(G.read_metadata(graph)["stpm.score_baseline"])
+    try:
+        paths = [s.path for s in original_train(payload)]
+    except DataError as exc:
+        logger.warning(
+            "%s: the %s graph keeps PyTorch's score baseline (refit it where the training "
+            "images are)",
+            str(exc).split("\n")[0],
+            precision,
+        )
+        entry["fitted_on"] = "pytorch fp32"
+    else:
+        values = graph_baseline.refit(
+            graph, graph_feed(load_rgb(paths, config.image_size), options, config)
+        )
+        entry.update(
+            fitted_on=f"this {precision} graph", mean=float(values.mean()), min=float(values.min())
+        )
+    G.set_metadata(graph, G.read_metadata(graph) | {"stpm.score_baseline": json.dumps(entry)})
 
 
 def _recalibrate(graph, payload: dict, config, options, args: argparse.Namespace) -> None:

@@ -215,3 +215,48 @@ def test_refitting_without_the_training_data_says_what_to_do(baseline_ckpt, tmp_
     rc, err = run_quiet(main, [*argv, "--blur-sigma", "2"])  # a map override: refit needed
     assert rc == 2
     assert "score baseline is fitted on it" in err and "--no-score-baseline" in err
+
+
+def test_an_int8_graph_is_given_a_baseline_of_its_own_map(baseline_ckpt, demo_data, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from stpm_edge.export import graph_baseline
+    from stpm_edge.export.cli import graph_feed, load_rgb
+    from stpm_edge.export.cli import main as export_main
+    from stpm_edge.export.graph import GraphOptions, read_metadata
+    from stpm_edge.tune import original_train
+
+    out = tmp_path / "int8.onnx"
+    argv = [str(baseline_ckpt), "-o", str(out), "--int8", "--calib", str(demo_data.train_good)]
+    rc, err = run_quiet(export_main, [*argv, "-q"])
+    assert rc == 0, err
+    graph = onnx.load(out)
+    assert '"fitted_on": "this int8 graph"' in read_metadata(graph)["stpm.score_baseline"]
+    values = next(
+        numpy_helper.to_array(i) for i in graph.graph.initializer if i.name == "baseline.values"
+    )[0, 0]
+    payload = load_checkpoint(baseline_ckpt)
+    model = load_model_from_checkpoint(baseline_ckpt)
+    paths = [s.path for s in original_train(payload)]
+    frames = graph_feed(load_rgb(paths, model.config.image_size), GraphOptions(), model.config)
+    peak = graph_baseline.scored_maps(graph, frames).max(axis=0)
+    np.testing.assert_allclose(values, peak - peak.max(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(values, payload[sb.PAYLOAD_KEY]["values"].numpy(), atol=1e-4)
+
+
+def test_without_the_training_images_a_graph_keeps_pytorchs(baseline_ckpt, demo_data, tmp_path):
+    import onnx
+
+    from stpm_edge.export.cli import main as export_main
+    from stpm_edge.export.graph import read_metadata
+
+    payload = load_checkpoint(baseline_ckpt)
+    payload["train_config"] = {**payload["train_config"], "data": str(tmp_path / "moved")}
+    moved = tmp_path / "moved.ckpt"
+    torch.save(payload, moved)
+    out = tmp_path / "fp16.onnx"
+    rc, err = run_quiet(export_main, [str(moved), "-o", str(out), "--fp16"])
+    assert rc == 0, err
+    assert "keeps PyTorch's score baseline" in err
+    assert '"fitted_on": "pytorch fp32"' in read_metadata(onnx.load(out))["stpm.score_baseline"]
