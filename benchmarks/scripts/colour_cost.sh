@@ -16,14 +16,7 @@ if [ "$STAGE" != bench ]; then
   for m in $MODES; do
     $B/stpm-colour "$WORK/plain.ckpt" --mode "$m" --out "$WORK/colour_$m.ckpt" --force -q
   done
-  for v in $VARIANTS; do
-    $B/stpm-export "$WORK/$v.ckpt" -o "$WORK/${v}_fp32.onnx" --force -q
-    $B/stpm-export "$WORK/$v.ckpt" -o "$WORK/${v}_int8.onnx" --int8 --target cpu --calib $CAL --force -q
-  done
+  export_variants "$WORK" $VARIANTS
 fi
 [ "$STAGE" = export ] && exit 0
-GRAPHS=()
-for p in fp32 int8; do for v in $VARIANTS; do GRAPHS+=("$WORK/${v}_$p.onnx"); done; done
-$B/stpm-bench "${GRAPHS[@]}" \
-  --backend ort-cpu,openvino --batch 1 --threads 2 --warmup 10 --seconds ${SECONDS_EACH:-5} --rounds 3 --profile \
-  --profile-iters 20 --name "$NAME" --no-plots --force --out "benchmarks/reports/$NAME/colour_map_cost"
+bench_variants "benchmarks/reports/$NAME/colour_map_cost" "$WORK" $VARIANTS
