@@ -199,6 +199,25 @@ def test_to_model_input_order_and_normalisation() -> None:
         image.to_model_input([rgb], 16, "float32_nchw")
 
 
+def test_normalize_is_the_float32_formula_for_every_8_bit_value() -> None:
+    """The lookup table must give exactly (x / 255 - mean) / std in float32, channel by channel,
+    for single images, batches and strided views (a BGR flip)."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    values = np.arange(256, dtype=np.uint8)
+    rgb = np.stack([values, values[::-1], np.roll(values, 77)], axis=-1).reshape(16, 16, 3)
+    batch = np.stack([rgb, rgb[::-1], rgb[:, ::-1]])
+
+    def formula(x: np.ndarray) -> np.ndarray:
+        m = np.asarray(mean, np.float32)
+        s = np.asarray(std, np.float32)
+        return np.moveaxis((x.astype(np.float32) / np.float32(255.0) - m) / s, -1, -3)
+
+    for x in (rgb, batch, rgb[..., ::-1], rgb.astype(np.float64)):
+        got = image.normalize(x, mean, std)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, formula(x))
+
+
 def test_synthetic_frames_are_deterministic_bgr() -> None:
     a = image.synthetic_frames(6, 24, 32, seed=3, extremes=True)
     b = image.synthetic_frames(6, 24, 32, seed=3, extremes=True)
