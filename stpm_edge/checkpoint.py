@@ -41,12 +41,17 @@ def library_versions() -> dict[str, str]:
 
 
 def save_checkpoint(
-    path: Path, model: STPM, calibration: dict[str, Any] | None, **fields: Any
+    path: Path,
+    model: STPM,
+    calibration: dict[str, Any] | None,
+    student_state: dict[str, torch.Tensor] | None = None,
+    **fields: Any,
 ) -> None:
     """Write atomically (temp file + rename) so a killed run never leaves a truncated checkpoint.
 
     A non-empty ``calibration`` must pass :func:`stpm_edge.calibration.check_calibration`: a NaN
-    or degenerate threshold is never written.
+    or degenerate threshold is never written. ``student_state``: the student's weights to write
+    instead of the model's current ones (a copy kept from an earlier epoch).
     """
     if calibration:
         from stpm_edge.calibration import check_calibration, with_defaults
@@ -56,7 +61,7 @@ def save_checkpoint(
         "format": FORMAT,
         "config": model.config.to_dict(),
         "teacher": model.teacher.state_dict(),
-        "student": model.student.state_dict(),
+        "student": model.student.state_dict() if student_state is None else student_state,
         "calibration": dict(calibration or {}),
         "versions": library_versions(),
         **fields,

@@ -55,6 +55,7 @@ from stpm_edge.host_memory import apply_host_memory
 from stpm_edge.mixed_precision import Autocast, normalise_amp, resolve_autocast
 from stpm_edge.model import STPM, ModelConfig
 from stpm_edge.outputs import prepare_output_dir
+from stpm_edge.run_checkpoints import RunCheckpoints
 from stpm_edge.score_baseline import fit_for_checkpoint as fit_baseline
 
 logger = logging.getLogger(__name__)
@@ -428,6 +429,7 @@ def train(cfg: TrainConfig) -> Path:
     )
     cache = teacher_cache(cfg, model, len(train_set))
     val_cache = TeacherFeatureCache(model, len(val_set))
+    checkpoints = RunCheckpoints(out)
     for epoch in range(start_epoch, schedule.epochs):
         train_loss, ips = train_epoch(
             model, optimizer, scaler, train_set, cfg, epoch, device, autocast, cache, schedule
@@ -445,8 +447,8 @@ def train(cfg: TrainConfig) -> Path:
             "train_config": asdict(cfg),
         }
         if improved:
-            save_checkpoint(out / "best.ckpt", model, None, **fields_)
-        save_checkpoint(out / "last.ckpt", model, None, optimizer=optimizer.state_dict(), **fields_)
+            checkpoints.improved(model, fields_)
+        checkpoints.epoch_done(model, optimizer, fields_, final=epoch + 1 == schedule.epochs)
         _log_epoch(out, epoch, train_loss, val, ips, improved, schedule)
     best_ckpt = _calibrate_best(out, val_set, cfg, device)
     _write_summary(out, cfg, schedule, cache, autocast, host_memory)
