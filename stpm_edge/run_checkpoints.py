@@ -25,9 +25,9 @@ EVERY_S = 30.0  # the most training an interrupted run can lose
 class RunCheckpoints:
     """Collects one run's checkpoints and writes them (``best.ckpt`` first) when due."""
 
-    def __init__(self, out: Path, every_s: float = EVERY_S) -> None:
+    def __init__(self, out: Path, every_s: float | None = None) -> None:
         self.out = Path(out)
-        self.every_s = every_s
+        self.every_s = EVERY_S if every_s is None else every_s
         self._best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
         self._last_write = time.monotonic()
 

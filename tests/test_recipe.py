@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import stpm_edge.data.augment as aug
+import stpm_edge.run_checkpoints as run_checkpoints
 import stpm_edge.train as train_mod
 from stpm_edge.checkpoint import load_checkpoint
 from stpm_edge.cli.train import main as train_main
@@ -132,6 +133,7 @@ def test_resume_mid_run_with_steps_matches_the_uninterrupted_run(
     part = tmp_path / "part"
     with monkeypatch.context() as m:
         m.setattr(train_mod, "_log_epoch", stop_after_first_epoch)
+        m.setattr(run_checkpoints, "EVERY_S", 0.0)  # epochs as long as the write interval
         with pytest.raises(Interrupted):
             train(tiny(demo_data.root, part, **recipe))
     assert load_checkpoint(part / "last.ckpt")["steps_done"] == 2
