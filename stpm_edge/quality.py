@@ -298,18 +298,53 @@ def recipe_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect_joined(entry: str | Path) -> dict[str, dict[int, dict]]:
+    """:func:`collect` of ``"A,B,..."``: one recipe whose seeds were run into several folders
+    (e.g. a seed added later, after the default had moved on); the same (category, seed) in two
+    of them is refused, and so are folders whose stpm-train or bench flags differ."""
+    folders = [Path(part) for part in str(entry).split(",") if part]
+    flags = {_recipe_flags(folder) for folder in folders}
+    if len(flags) > 1:
+        raise DataError(
+            note(f"{entry}: the folders hold different recipes {sorted(flags)}", "join one recipe")
+        )
+    joined: dict[str, dict[int, dict]] = {}
+    for folder in folders:
+        for category, by_seed in collect(folder).items():
+            twice = sorted(set(by_seed) & set(joined.get(category, {})))
+            if twice:
+                raise DataError(
+                    note(
+                        f"{entry}: {category} seeds {twice} are in more than one folder",
+                        "join folders whose seeds differ",
+                    )
+                )
+            joined.setdefault(category, {}).update(by_seed)
+    return joined
+
+
+def _recipe_flags(folder: Path) -> str:
+    """The stpm-train and bench flags of a recipe folder (what makes two folders one recipe)."""
+    path = folder / "recipe.json"
+    recipe = json.loads(path.read_text()) if path.exists() else {}
+    keys = ("train_args", "bench_args", "colour_map", "colour_gate_jpeg", "score_baseline")
+    return json.dumps({k: recipe.get(k) for k in keys})
+
+
 def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:
-    """Markdown report of one or more recipe folders (first = baseline); also JSON next to ``out``."""
+    """Markdown report of one or more recipe folders (first = baseline); also JSON next to ``out``.
+    An entry ``"A,B"`` is one recipe whose seeds are in folders A and B (:func:`collect_joined`)."""
     sections, data = [], {}
     baseline = None
-    results, left_out = common_runs([collect(folder) for folder in recipe_dirs])
+    results, left_out = common_runs([collect_joined(entry) for entry in recipe_dirs])
     if left_out:
         sections.append(
             f"Compared on the (category, seed) runs every recipe has; left out: {left_out}.\n"
         )
-    for folder, result in zip(recipe_dirs, results, strict=True):
+    for entry, result in zip(recipe_dirs, results, strict=True):
         summary = summarize_recipe(result)
-        recipe_file = Path(folder) / "recipe.json"
+        folder = Path(str(entry).split(",")[0])
+        recipe_file = folder / "recipe.json"
         recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
         flags = " ".join(recipe.get("train_args", [])) or "(stpm-train defaults)"
         if recipe.get("colour_map"):
@@ -321,11 +356,12 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
             )
         if "score_baseline" in recipe:
             flags += f", then stpm-baseline{'' if recipe['score_baseline'] else ' --off'}"
-        sections.append(f"## {Path(folder).name}\n\nstpm-train {flags}\n\n{recipe_table(summary)}")
+        name = " + ".join(Path(part).name for part in str(entry).split(",") if part)
+        sections.append(f"## {name}\n\nstpm-train {flags}\n\n{recipe_table(summary)}")
         if baseline is not None:
             sections.append(_delta_line(baseline, summary))
         baseline = baseline or summary
-        data[str(folder)] = {**summary, "recipe": recipe}
+        data[str(entry)] = {**summary, "recipe": recipe}
     text = "\n".join(sections)
     if out is not None:
         out = Path(out)

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from stpm_edge.cli.quality import main
-from stpm_edge.errors import ConfigError
+from stpm_edge.errors import ConfigError, DataError
 from stpm_edge.quality import (
     baseline_variant,
     collect,
+    collect_joined,
     colour_variant,
     common_runs,
     run_recipe,
@@ -199,6 +200,23 @@ def test_summary_compares_only_the_runs_every_recipe_has(tmp_path):
     text = summarize([done, running])
     assert "left out: ['brick seed 0', 'brick seed 1', 'gear seed 1']" in text
     assert "image_auroc +0.000" in text  # gear seed 0 against itself, not against the mean of 4
+
+
+def test_joined_folders_are_one_recipe_with_the_seeds_of_both(tmp_path):
+    """A seed run later into its own folder joins the first ones (``A,B``); one run in two
+    folders, or two recipes joined, is refused."""
+    fake = FakeCommands()
+    first = run_recipe(tmp_path / "first", [0, 1], ["gear"], [], [], fake)
+    later = run_recipe(tmp_path / "later", [2], ["gear"], [], [], fake)
+    three = summarize_recipe(collect_joined(f"{first},{later}"))
+    assert three["seeds"] == [0, 1, 2]
+    assert three["categories"]["gear"]["seeds"] == [0, 1, 2]
+    assert "## first + later" in summarize([f"{first},{later}"])
+    with pytest.raises(DataError, match="seeds \\[0, 1\\] are in more than one folder"):
+        collect_joined(f"{first},{first}")
+    other = run_recipe(tmp_path / "other", [3], ["gear"], ["--epochs", "2"], [], fake)
+    with pytest.raises(DataError, match="different recipes"):
+        collect_joined(f"{first},{other}")
 
 
 def test_seed_gains_pair_the_recipes_by_seed():

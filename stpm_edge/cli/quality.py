@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--out", required=True, type=Path, help="the new recipe folder")
     baseline.add_argument("--off", action="store_true", help="remove the score baseline instead")
     summary = sub.add_parser("summary", formatter_class=HelpFormatter, help="tables over seeds")
-    summary.add_argument("recipes", nargs="+", type=Path, help="recipe folders, baseline first")
+    summary.add_argument(
+        "recipes",
+        nargs="+",
+        help="recipe folders, baseline first; A,B = one recipe whose seeds are in A and B",
+    )
     summary.add_argument("--out", type=Path, default=None, help="also write this .md (+ .json)")
     parity = sub.add_parser(
         "parity", formatter_class=HelpFormatter, help="exported graphs vs PyTorch, per category"
