@@ -303,10 +303,10 @@ def collect_joined(entry: str | Path) -> dict[str, dict[int, dict]]:
     (e.g. a seed added later, after the default had moved on); the same (category, seed) in two
     of them is refused, and so are folders whose stpm-train or bench flags differ."""
     folders = [Path(part) for part in str(entry).split(",") if part]
-    flags = {_recipe_flags(folder) for folder in folders}
-    if len(flags) > 1:
+    clash = _clashing_settings(folders)
+    if clash:
         raise DataError(
-            note(f"{entry}: the folders hold different recipes {sorted(flags)}", "join one recipe")
+            note(f"{entry}: the folders hold different recipes ({clash})", "join one recipe")
         )
     joined: dict[str, dict[int, dict]] = {}
     for folder in folders:
@@ -323,12 +323,21 @@ def collect_joined(entry: str | Path) -> dict[str, dict[int, dict]]:
     return joined
 
 
-def _recipe_flags(folder: Path) -> str:
-    """The stpm-train and bench flags of a recipe folder (what makes two folders one recipe)."""
-    path = folder / "recipe.json"
-    recipe = json.loads(path.read_text()) if path.exists() else {}
+def _clashing_settings(folders: Sequence[Path]) -> str:
+    """The recipe settings two of ``folders`` record with different values ('' if none). A setting
+    a folder does not record is not compared: a post-hoc variant records ``score_baseline``, a
+    folder run when that was the default does not."""
+    recipes = []
+    for folder in folders:
+        path = folder / "recipe.json"
+        recipes.append(json.loads(path.read_text()) if path.exists() else {})
     keys = ("train_args", "bench_args", "colour_map", "colour_gate_jpeg", "score_baseline")
-    return json.dumps({k: recipe.get(k) for k in keys})
+    clashes = []
+    for key in keys:
+        values = {json.dumps(r[key]) for r in recipes if key in r}
+        if len(values) > 1:
+            clashes.append(f"{key}: {' vs '.join(sorted(values))}")
+    return "; ".join(clashes)
 
 
 def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:

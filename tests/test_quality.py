@@ -215,8 +215,14 @@ def test_joined_folders_are_one_recipe_with_the_seeds_of_both(tmp_path):
     with pytest.raises(DataError, match="seeds \\[0, 1\\] are in more than one folder"):
         collect_joined(f"{first},{first}")
     other = run_recipe(tmp_path / "other", [3], ["gear"], ["--epochs", "2"], [], fake)
-    with pytest.raises(DataError, match="different recipes"):
+    with pytest.raises(DataError, match="different recipes \\(train_args"):
         collect_joined(f"{first},{other}")
+    # a post-hoc variant joins a folder that does not record the setting, not one that differs
+    off = baseline_variant(later, tmp_path / "later_off", False, fake)
+    assert sorted(collect_joined(f"{first},{off}")["gear"]) == [0, 1, 2]
+    on = baseline_variant(first, tmp_path / "first_on", True, fake)
+    with pytest.raises(DataError, match="score_baseline: false vs true"):
+        collect_joined(f"{on},{off}")
 
 
 def test_seed_gains_pair_the_recipes_by_seed():
