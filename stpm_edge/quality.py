@@ -301,8 +301,8 @@ def recipe_table(summary: dict) -> str:
 def collect_joined(entry: str | Path) -> dict[str, dict[int, dict]]:
     """:func:`collect` of ``"A,B,..."``: one recipe whose seeds were run into several folders
     (e.g. a seed added later, after the default had moved on); the same (category, seed) in two
-    of them is refused, and so are folders whose stpm-train or bench flags differ."""
-    folders = [Path(part) for part in str(entry).split(",") if part]
+    of them is refused, and so are folders whose recipe settings differ."""
+    folders = joined_folders(entry)
     clash = _clashing_settings(folders)
     if clash:
         raise DataError(
@@ -321,6 +321,11 @@ def collect_joined(entry: str | Path) -> dict[str, dict[int, dict]]:
                 )
             joined.setdefault(category, {}).update(by_seed)
     return joined
+
+
+def joined_folders(entry: str | Path) -> list[Path]:
+    """The folders of a summary entry ``"A,B,..."`` (one folder: itself)."""
+    return [Path(part) for part in str(entry).split(",") if part]
 
 
 def _clashing_settings(folders: Sequence[Path]) -> str:
@@ -352,8 +357,8 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
         )
     for entry, result in zip(recipe_dirs, results, strict=True):
         summary = summarize_recipe(result)
-        folder = Path(str(entry).split(",")[0])
-        recipe_file = folder / "recipe.json"
+        folders = joined_folders(entry)
+        recipe_file = folders[0] / "recipe.json"
         recipe = json.loads(recipe_file.read_text()) if recipe_file.exists() else {}
         flags = " ".join(recipe.get("train_args", [])) or "(stpm-train defaults)"
         if recipe.get("colour_map"):
@@ -365,7 +370,7 @@ def summarize(recipe_dirs: Sequence[str | Path], out: str | Path | None = None) 
             )
         if "score_baseline" in recipe:
             flags += f", then stpm-baseline{'' if recipe['score_baseline'] else ' --off'}"
-        name = " + ".join(Path(part).name for part in str(entry).split(",") if part)
+        name = " + ".join(folder.name for folder in folders)
         sections.append(f"## {name}\n\nstpm-train {flags}\n\n{recipe_table(summary)}")
         if baseline is not None:
             sections.append(_delta_line(baseline, summary))
