@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--calib-method",
         choices=["minmax", "entropy", "percentile"],
         default="minmax",
-        help="INT8 activation-range estimator",
+        help="INT8 activation-range estimator: minmax (the full range seen), percentile "
+        "(99.999 %%), entropy (KL-optimal clipping on a 2048-bin histogram; adds about 2 min)",
     )
     q.add_argument(
         "--gate",

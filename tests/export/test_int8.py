@@ -290,3 +290,30 @@ def test_efficientnet_lite0_keeps_the_blocks_up_to_its_finest_feature_float() ->
     model = helper.make_model(helper.make_graph(nodes, "g", [], []))
     model.metadata_props.add(key="stpm.backbone", value="efficientnet_lite0")
     assert float_nodes(model, kept + quantised) == kept
+
+
+def test_entropy_ranges_clip_a_heavy_tail_that_minmax_keeps(tmp_path: Path) -> None:
+    """--calib-method entropy: quantize_static's own 128-bin histogram can only choose the whole
+    range (its graphs equalled minmax's); the finer histogram clips a heavy tail."""
+    from onnx import TensorProto, helper
+
+    from stpm_edge.export.int8 import FrameReader, entropy_overrides
+
+    weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])],
+        "tail",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "tail.onnx"
+    onnx.save(model, path)
+    frames = np.abs(np.random.default_rng(0).standard_t(2, (40, 1, 16, 16))).astype(np.float32)
+    reader = FrameReader(frames, progress=False)
+    overrides = entropy_overrides(path, ["Conv"], reader, num_bins=512)
+    (high,) = [o["rmax"] for o in overrides["c"]]  # the Conv output: the frames themselves
+    assert 0 < float(high) < 0.5 * frames.max()  # the tail beyond is clipped, not kept
+    assert reader.get_next() is not None  # rewound for quantize_static's own pass
