@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from stpm_edge.errors import ExportError
+from stpm_edge.score_baseline import values_from_peak
 
 BASELINE = "baseline.values"  # the initializer the graph subtracts (export.graph, FusedSTPM)
 
@@ -43,7 +44,7 @@ def refit(graph: onnx.ModelProto, frames: np.ndarray) -> np.ndarray:
     """Overwrite the graph's baseline with the per-position max of its own scored map over
     ``frames`` (the training images), less its peak; returns the new values (h, w)."""
     peak = scored_maps(graph, frames).max(axis=0)
-    values = (peak - peak.max()).astype(np.float32)
+    values = values_from_peak(peak).astype(np.float32)
     for init in graph.graph.initializer:
         if init.name == BASELINE:
             if tuple(init.dims[-2:]) != values.shape:

@@ -34,7 +34,7 @@ grid and one Sub before the score's TopK, outside every INT8/FP16 region.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ from stpm_edge.backbones import get_backbone_spec
 from stpm_edge.errors import CheckpointError, DataError, note
 
 logger = logging.getLogger(__name__)
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 PAYLOAD_KEY = "score_baseline"
 _REFIT = "refit it: stpm-baseline CKPT --out NEW.ckpt (or --off to drop it)"
@@ -116,6 +118,13 @@ def describe(baseline: ScoreBaseline | None) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def values_from_peak(peak: ArrayT) -> ArrayT:
+    """The stored baseline of a per-position training ``peak`` (torch or numpy): ``peak -
+    max(peak)``, <= 0 (the module docstring says why). PyTorch's fit and the exported graph's
+    refit (``export.graph_baseline``) both take it from here."""
+    return peak - peak.max()
+
+
 def fit_score_baseline(
     model: Any, train_images: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 8
 ) -> ScoreBaseline:
@@ -131,7 +140,7 @@ def fit_score_baseline(
         x = torch.from_numpy(normalize(train_images[start : start + batch_size], cfg.mean, cfg.std))
         batch_peak = model.scored_grid_map(x.to(device)).amax(dim=0, keepdim=True).cpu()
         peak = batch_peak if peak is None else torch.maximum(peak, batch_peak)
-    baseline = ScoreBaseline(peak - peak.max(), len(train_images))
+    baseline = ScoreBaseline(values_from_peak(peak), len(train_images))
     logger.info(
         "score baseline fitted on %d training images: the scored map's peak %.4g on average, "
         "%.4g at most",
