@@ -131,7 +131,9 @@ def test_profiled_peer_gets_kernel_times_and_a_conv_floor(tmp_path: Path, backen
                "--profile-iters", "3")  # fmt: skip
     rec = next(r for r in rep["records"] if r["peer"])
     ours = next(r for r in rep["records"] if not r["peer"])
-    assert rec["profile_top"] and "Conv" in rec["profile_top"][0]["name"]
+    # The peer's op table has its convolution; which op ranks first is left to timing noise
+    # (a 16-pixel conv and a reduction both take microseconds; CI once ranked ReduceMax first).
+    assert any("Conv" in row["name"] and row["total_ms"] > 0 for row in rec["profile_top"])
     assert 0 < rec["profile_conv_ms"] <= rec["profile_node_ms"]
     assert rec.get("profile_stages") is None and ours["profile_stages"] is not None
     floor = rec["own_best"]["conv_floor"]
