@@ -5,7 +5,7 @@ convolutions (per-channel weights), residual additions, and the ReLU6 clips and 
 them. Pre-processing and the distance tail — normalisation, distances, upsampling, product,
 score — stay float32, because their small values are exactly what 8 bits cannot hold. Of the
 backbones, every target keeps each network's stem and the backbone's registered ``int8_float``
-modules in float32 (efficientnet_lite0: the blocks up to its finest feature, whose 8-bit
+modules in float32 (efficientnet_lite0: the blocks up to its stride-8 feature, whose 8-bit
 activations cost up to 0.038 image AUROC on the benchmark; ``float_nodes``) — except an integer
 stem: for resnet18 the cpu and openvino targets build the graph with the stems reading x - 128
 (``GraphOptions.integer_stem``, ``wants_integer_stem``), whole numbers that one byte at scale 1
