@@ -180,9 +180,9 @@ def feature_reads(model: onnx.ModelProto) -> dict[str, str]:
 def test_cpu_tail_reads_the_features_in_float32(request, target: str, eight_bit: int) -> None:
     """``--target cpu``: the tail reads the six features (3 scales x teacher, student) where the
     backbones write them, in float32, not through an 8-bit copy that ONNX Runtime would dequantise
-    once per reader. TensorRT's graph reads dequantised the features that feed a quantised block
-    (strides 8 and 16, for blocks 5 and 11), and the stride-4 one, which feeds float block 3, as
-    written."""
+    once per reader. TensorRT's graph reads dequantised the features a quantised node touches
+    (stride 8: block 5 reads it; stride 16: block 10's quantised addition writes it), and the
+    stride-4 one, which only float block 3 reads, as written."""
     int8 = onnx.load(request.getfixturevalue("int8_path" if target == "cpu" else "trt_int8_path"))
     reads = feature_reads(int8)
     assert len(reads) == 6, reads
