@@ -55,11 +55,11 @@ class ParityReport:
 def run_onnx(
     model: onnx.ModelProto | Path, frames: np.ndarray, batch: int = 4
 ) -> dict[str, np.ndarray]:
-    """All outputs of an ONNX graph on ONNX Runtime's CPU provider, batch by batch."""
-    import onnxruntime as ort
+    """All outputs of an ONNX graph on ONNX Runtime's CPU provider, batch by batch, computed as
+    the graph's target computes them (``check_arithmetic``: a TensorRT INT8 graph as written)."""
+    from stpm_edge.export.check_arithmetic import check_session
 
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = check_session(model)
     names = [o.name for o in session.get_outputs()]
     chunks = [
         session.run(names, {"image": frames[i : i + batch]}) for i in range(0, len(frames), batch)

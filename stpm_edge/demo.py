@@ -100,7 +100,8 @@ def export_all(ckpt: Path, out_dir: Path, calib_dir: Path) -> dict[str, dict]:
         ("fp16", ["--fp16"]),
         ("int8", ["--int8", "--calib", str(calib_dir)]),
         # the TensorRT-valid INT8 graph (symmetric, Clips kept): its accuracy is checked here on
-        # ORT CPU, since no TensorRT is at hand (speed on a CPU is the cpu target's business)
+        # ORT CPU with its Q/DQ run as written, TensorRT's arithmetic, since no TensorRT is at
+        # hand (speed on a CPU is the cpu target's business)
         ("int8_trt", ["--int8", "--target", "tensorrt", "--calib", str(calib_dir)]),
     ):
         path = out_dir / f"model_{precision}.onnx"
@@ -116,13 +117,14 @@ def export_all(ckpt: Path, out_dir: Path, calib_dir: Path) -> dict[str, dict]:
 
 
 def evaluate_onnx(path: Path, data: Path, category: str, image_size: int) -> dict:
-    """Image/pixel AUROC of an exported graph, run by the torch-free runtime's ORT runner."""
+    """Image/pixel AUROC of an exported graph, run by the torch-free runtime's ORT runner as the
+    graph's target computes it (``check_arithmetic``: the TensorRT graph's Q/DQ as written)."""
     from stpm_edge.data import MVTecCategory
     from stpm_edge.evaluate import compute_metrics, predict
+    from stpm_edge.export.check_arithmetic import check_runner
     from stpm_edge.runtime.image import swap_rb
-    from stpm_edge.runtime.runners import create_runner
 
-    with create_runner(str(path), backend="ort-cpu") as runner:
+    with check_runner(path, backend="ort-cpu") as runner:
 
         def run(images: np.ndarray):
             out = runner.infer({"image": swap_rb(images)})  # RGB -> the graph's BGR

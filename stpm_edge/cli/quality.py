@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions",
         default="fp32,fp16,int8",
         help="comma-separated: fp32, fp16, int8 (--target cpu), int8_openvino (--target openvino, "
-        "for --backend openvino)",
+        "for --backend openvino), int8_tensorrt (--target tensorrt; on ort-cpu its Q/DQ pairs "
+        "run as written, TensorRT's arithmetic)",
     )
     parity.add_argument("--backend", default="ort-cpu", help="runtime backend that scores them")
     return parser

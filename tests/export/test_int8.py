@@ -226,6 +226,51 @@ def test_int8_outputs_and_auroc(
     assert np.corrcoef(got["score"], outs["fp32"]["score"])[0, 1] > 0.5
 
 
+def test_checks_compute_a_tensorrt_graph_as_tensorrt_does(
+    trt_int8_path: Path, int8_path: Path, demo_data, read_rgb, monkeypatch
+) -> None:
+    """The export's own fits and parity (``run_onnx``) and the gate, ``quality parity`` and the
+    demo (``score_split``, ``check_runner``) run the TensorRT graph with its Q/DQ pairs as written,
+    TensorRT's arithmetic, not ONNX Runtime's fused integer kernels (whose int16 pair sums 8-bit
+    weights saturate on x86 without VNNI); the cpu graph runs fused, as it deploys."""
+    import onnxruntime as ort
+
+    from stpm_edge.data import MVTecCategory
+    from stpm_edge.export.check_arithmetic import check_optimization
+    from stpm_edge.export.int8_gate import score_split
+    from stpm_edge.export.parity import run_onnx
+    from stpm_edge.runtime import runners
+
+    frames = np.ascontiguousarray(read_rgb(demo_data.test_images())[..., ::-1])
+
+    def scores(path: Path, level) -> np.ndarray:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return session.run(["score"], {"image": frames})[0]
+
+    as_written, fused = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    )
+    assert check_optimization(trt_int8_path) == "disable" and check_optimization(int8_path) == "all"
+    for path, level in ((trt_int8_path, as_written), (int8_path, fused)):
+        got = run_onnx(onnx.load(path), frames, batch=len(frames))["score"]
+        np.testing.assert_array_equal(got, scores(path, level), err_msg=path.name)
+    # the two arithmetics differ on this graph, so the equality above tells them apart
+    assert not np.array_equal(scores(trt_int8_path, as_written), scores(trt_int8_path, fused))
+
+    made = []
+    create = runners.create_runner
+    monkeypatch.setattr(
+        runners, "create_runner", lambda p, **kw: made.append(kw) or create(p, **kw)
+    )
+    samples = MVTecCategory(demo_data.root, demo_data.category).test()[:2]
+    score_split(trt_int8_path, samples)
+    score_split(int8_path, samples)
+    assert [kw["graph_optimization"] for kw in made] == ["disable", "all"]
+
+
 def test_int8_with_float_input(best_ckpt: Path, demo_data, tmp_path: Path) -> None:
     """Calibration frames are converted to the graph's own input layout (float32 NCHW here)."""
     path = tmp_path / "model_int8_float.onnx"
