@@ -5,11 +5,11 @@ export's parity line, score-baseline refit and thresholds (``parity.run_onnx``),
 accuracy gate and ``quality parity`` (``int8_gate.score_split``), the demo's tables. For most
 graphs that is their own arithmetic. Not for an INT8 graph made for TensorRT
 (``stpm.int8_target`` = ``tensorrt``): TensorRT computes each Q/DQ pair as written — int8 × int8
-products summed exactly in int32, then rescaled — while ONNX Runtime fuses the pairs into integer
-kernels whose x86 path without VNNI adds u8 × s8 products pairwise in int16, which the tensorrt
-target's 8-bit weights saturate (the cpu target's 7-bit weights are chosen not to). Measured on
-the AVX2 CPU: a benchmark gear checkpoint's TensorRT graph scored up to 7 % apart fused vs as
-written (its cpu graph 0.2 %). With graph optimisations off, ONNX Runtime runs every pair as
+products summed exactly in int32, then rescaled — while ONNX Runtime fuses the pairs into its own
+integer kernels. Measured on the AVX2 CPU: a benchmark gear checkpoint's TensorRT graph scored up
+to 7 % apart fused vs as written, its cpu graph 0.2 %. The likely cause: x86 kernels without VNNI
+add u8 × s8 products pairwise in int16, which 8-bit weights can saturate; the cpu target's 7-bit
+weights are chosen not to, the tensorrt target's are 8-bit. With graph optimisations off, ONNX Runtime runs every pair as
 written (dequantise, float convolution, quantise): TensorRT's arithmetic up to float rounding, on
 any CPU, in a few times the time.
 """
