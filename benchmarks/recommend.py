@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from stpm_edge.benchmarks.runner import _create_runner, _meta_value, make_feeds
+from stpm_edge.runtime.check_arithmetic import FUSED, check_runner_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ REFERENCE_BACKEND = "ort-cpu"
 PARITY_FRAMES = 4
 
 
-def _outputs(model: str, backend: str, threads: int | None, images: Any, seed: int) -> tuple:
-    with _create_runner(model, backend, threads) as runner:
+def _outputs(
+    model: str, backend: str, threads: int | None, images: Any, seed: int, **kw: Any
+) -> tuple:
+    with _create_runner(model, backend, threads, **kw) as runner:
         meta = runner.metadata()
         feeds = make_feeds(runner.input_spec(), PARITY_FRAMES, meta, images, seed)
         return runner.infer(feeds), meta
@@ -35,20 +38,24 @@ def _outputs(model: str, backend: str, threads: int | None, images: Any, seed: i
 def parity(
     model: str, backend: str, threads: int | None, images: Any = None, seed: int = 0
 ) -> dict[str, Any]:
-    """Compare ``backend`` with ONNX Runtime CPU on the same frames of ``model``.
+    """Compare ``backend`` with ONNX Runtime CPU on the same frames of ``model``, the reference
+    computed as the graph's target computes it (``check_arithmetic``: a TensorRT INT8 graph as
+    written, so ONNX Runtime CPU's own fused run of it is compared too).
 
     Returns:
         ``{"passed", "verdicts_match", "max_rel_map_error", "reference", "frames"}`` or, when a
         run fails, ``{"passed": False, "error": str}``.
     """
     result: dict[str, Any] = {"reference": REFERENCE_BACKEND, "frames": PARITY_FRAMES}
-    if backend == REFERENCE_BACKEND or not model.endswith(".onnx"):
-        # the reference itself; an engine has no ONNX Runtime twin here (TensorRT is checked
-        # against the ONNX by its own build step)
+    if not model.endswith(".onnx"):
+        # an engine has no ONNX Runtime twin here (TensorRT checks it against the ONNX at build)
+        return {**result, "passed": True, "verdicts_match": True, "max_rel_map_error": 0.0}
+    as_target = check_runner_kwargs(model, REFERENCE_BACKEND)
+    if backend == REFERENCE_BACKEND and as_target.get("graph_optimization", FUSED) == FUSED:
         return {**result, "passed": True, "verdicts_match": True, "max_rel_map_error": 0.0}
     try:
         got, meta = _outputs(model, backend, threads, images, seed)
-        want, _ = _outputs(model, REFERENCE_BACKEND, threads, images, seed)
+        want, _ = _outputs(model, REFERENCE_BACKEND, threads, images, seed, **as_target)
     except Exception as exc:  # report it as a failed check; the timings stay valid
         return {**result, "passed": False, "error": str(exc).splitlines()[0]}
     threshold = float(_meta_value(meta, "stpm.image_threshold", 0.5))

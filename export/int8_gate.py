@@ -82,8 +82,8 @@ def score_split(
     model: str | Path, samples: list[Any], backend: str = "ort-cpu", threads: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(labels, scores, masks, maps)`` of one exported graph on ``samples``, at the map size,
-    computed as the graph's target computes them (``check_arithmetic``)."""
-    from stpm_edge.export.check_arithmetic import check_runner
+    computed as the graph's target computes them (``runtime.check_arithmetic``)."""
+    from stpm_edge.runtime.check_arithmetic import check_runner
     from stpm_edge.runtime.image import decode_bgr, read_mask, resize_mask
     from stpm_edge.runtime.metadata import parse_metadata
     from stpm_edge.runtime.preprocess import prepare_batch
@@ -154,7 +154,7 @@ def require_gate(result: GateResult, what: str = "INT8 export") -> None:
 def gate_backend(target: str) -> str:
     """The engine an INT8 graph of ``target`` is gated on: where it will run, when installed here
     (OpenVINO for ``openvino``); ONNX Runtime CPU otherwise (for ``tensorrt`` its Q/DQ pairs as
-    written, TensorRT's arithmetic, ``check_arithmetic``: TensorRT is not on this machine)."""
+    written, TensorRT's arithmetic, ``runtime.check_arithmetic``: TensorRT is not on this machine)."""
     if target == "openvino":
         from stpm_edge.runtime.runners import available_backends
 

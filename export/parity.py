@@ -56,10 +56,20 @@ def run_onnx(
     model: onnx.ModelProto | Path, frames: np.ndarray, batch: int = 4
 ) -> dict[str, np.ndarray]:
     """All outputs of an ONNX graph on ONNX Runtime's CPU provider, batch by batch, computed as
-    the graph's target computes them (``check_arithmetic``: a TensorRT INT8 graph as written)."""
-    from stpm_edge.export.check_arithmetic import check_session
+    the graph's target computes them (``runtime.check_arithmetic``: a TensorRT INT8 graph with
+    its Q/DQ pairs as written)."""
+    import onnxruntime as ort
 
-    session = check_session(model)
+    from stpm_edge.runtime.check_arithmetic import runs_as_written
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    options = ort.SessionOptions()
+    if runs_as_written({p.key: p.value for p in model.metadata_props}):
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     names = [o.name for o in session.get_outputs()]
     chunks = [
         session.run(names, {"image": frames[i : i + batch]}) for i in range(0, len(frames), batch)

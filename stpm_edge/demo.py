@@ -121,7 +121,7 @@ def evaluate_onnx(path: Path, data: Path, category: str, image_size: int) -> dic
     graph's target computes it (``check_arithmetic``: the TensorRT graph's Q/DQ as written)."""
     from stpm_edge.data import MVTecCategory
     from stpm_edge.evaluate import compute_metrics, predict
-    from stpm_edge.export.check_arithmetic import check_runner
+    from stpm_edge.runtime.check_arithmetic import check_runner
     from stpm_edge.runtime.image import swap_rb
 
     with check_runner(path, backend="ort-cpu") as runner:

@@ -34,7 +34,7 @@ PRECISIONS: dict[str, list[str]] = {
     # NNCF's graph for OpenVINO: score it with --backend openvino
     "int8_openvino": ["--int8", "--target", "openvino", "--calib", "{calib}"],
     # TensorRT's graph: on ort-cpu its Q/DQ pairs run as written, TensorRT's arithmetic
-    # (export.check_arithmetic)
+    # (runtime.check_arithmetic)
     "int8_tensorrt": ["--int8", "--target", "tensorrt", "--calib", "{calib}"],
 }
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..check_arithmetic import check_runner_kwargs
 from .check import FAIL, PASS, SKIP, Check
 from .model import default_trt_version, int8_weights_check, stacked_int8_check, tensorrt_check
 from .parity import Outputs, Reference, judge_parity
@@ -42,10 +43,10 @@ def measure_latency(detector: Any, frame: np.ndarray, seconds: float) -> dict[st
     return {"iters": stats.count, "p50_ms": stats.p50, "p99_ms": stats.p99}
 
 
-def _detector(path: Path, backend: str) -> Any:
+def _detector(path: Path, backend: str, **runner_kwargs: Any) -> Any:
     from ..detector import AnomalyDetector
 
-    return AnomalyDetector(path, backend=backend)
+    return AnomalyDetector(path, backend=backend, **runner_kwargs)
 
 
 def _parity_text(data: dict[str, Any], latency: dict[str, Any]) -> str:
@@ -112,8 +113,10 @@ def backend_plan(
 
 
 def reference_run(args: argparse.Namespace, reference: Path) -> Reference:
-    """Frames (synthetic, then ``--images``) and the reference outputs on ORT CPU."""
-    with _detector(reference, REFERENCE_BACKEND) as det:
+    """Frames (synthetic, then ``--images``) and the reference outputs on ORT CPU, computed as
+    the graph's target computes them (``check_arithmetic``: a TensorRT INT8 graph as written)."""
+    as_target = check_runner_kwargs(reference, REFERENCE_BACKEND)
+    with _detector(reference, REFERENCE_BACKEND, **as_target) as det:
         height, width = det.info.input_size
         frames = synthetic(args.frames, height, width)
         if args.images:

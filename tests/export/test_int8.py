@@ -236,10 +236,10 @@ def test_checks_compute_a_tensorrt_graph_as_tensorrt_does(
     import onnxruntime as ort
 
     from stpm_edge.data import MVTecCategory
-    from stpm_edge.export.check_arithmetic import check_optimization
     from stpm_edge.export.int8_gate import score_split
     from stpm_edge.export.parity import run_onnx
     from stpm_edge.runtime import runners
+    from stpm_edge.runtime.check_arithmetic import check_runner_kwargs
 
     frames = np.ascontiguousarray(read_rgb(demo_data.test_images())[..., ::-1])
 
@@ -253,7 +253,9 @@ def test_checks_compute_a_tensorrt_graph_as_tensorrt_does(
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     )
-    assert check_optimization(trt_int8_path) == "disable" and check_optimization(int8_path) == "all"
+    assert check_runner_kwargs(trt_int8_path, "ort-cpu") == {"graph_optimization": "disable"}
+    assert check_runner_kwargs(int8_path, "ort-cpu") == {"graph_optimization": "all"}
+    assert check_runner_kwargs(trt_int8_path, "openvino") == {}  # runs as it deploys
     for path, level in ((trt_int8_path, as_written), (int8_path, fused)):
         got = run_onnx(onnx.load(path), frames, batch=len(frames))["score"]
         np.testing.assert_array_equal(got, scores(path, level), err_msg=path.name)
@@ -269,6 +271,27 @@ def test_checks_compute_a_tensorrt_graph_as_tensorrt_does(
     score_split(trt_int8_path, samples)
     score_split(int8_path, samples)
     assert [kw["graph_optimization"] for kw in made] == ["disable", "all"]
+
+
+def test_doctor_and_recommend_compare_ort_cpu_with_tensorrt_arithmetic(
+    trt_int8_path: Path, int8_path: Path, tmp_path: Path
+) -> None:
+    """``stpm-doctor``'s reference and ``stpm-bench --recommend``'s compute a TensorRT graph as
+    written, so ONNX Runtime CPU's fused run of it is a run to compare (not the reference itself);
+    a cpu graph's ort-cpu run is its reference, error 0."""
+    from stpm_edge.benchmarks.recommend import parity
+    from stpm_edge.runtime import doctor
+
+    trt, cpu = parity(str(trt_int8_path), "ort-cpu", None), parity(str(int8_path), "ort-cpu", None)
+    assert trt["max_rel_map_error"] > 0 and "error" not in trt, trt
+    assert cpu["max_rel_map_error"] == 0.0 and cpu["passed"], cpu
+    for path, fused_is_reference in ((trt_int8_path, False), (int8_path, True)):
+        out = tmp_path / path.stem
+        argv = [str(path), "--backend", "ort-cpu", "--seconds", "0", "--frames", "4"]
+        doctor.main([*argv, "--out", str(out), "-q"])
+        checks = {c["name"]: c for c in json.loads((out / "doctor.json").read_text())["checks"]}
+        error = checks["backend ort-cpu"]["data"]["map_error_of_peak"]
+        assert (error == 0.0) is fused_is_reference, (path.name, error)
 
 
 def test_int8_with_float_input(best_ckpt: Path, demo_data, tmp_path: Path) -> None:

@@ -179,9 +179,9 @@ class TrtDevice:
         self.engine = info.engine_path
         real = doctor.backends._detector  # the factory the reference and backend checks call
 
-        def detector(path: Path, backend: str):
+        def detector(path: Path, backend: str, **runner_kwargs):
             if backend != "tensorrt":
-                return real(path, backend)
+                return real(path, backend, **runner_kwargs)
             runner = TrtRunner(path, trt_module=trt, cudart_module=self.cudart)
             return AnomalyDetector(runner)
 
