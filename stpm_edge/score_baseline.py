@@ -117,7 +117,6 @@ def describe(baseline: ScoreBaseline | None) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
 def values_from_peak(peak: ArrayT) -> ArrayT:
     """The stored baseline of a per-position training ``peak`` (torch or numpy): ``peak -
     max(peak)``, <= 0 (the module docstring says why). PyTorch's fit and the exported graph's
@@ -125,6 +124,7 @@ def values_from_peak(peak: ArrayT) -> ArrayT:
     return peak - peak.max()
 
 
+@torch.no_grad()
 def fit_score_baseline(
     model: Any, train_images: np.ndarray, device: str | torch.device = "cpu", batch_size: int = 8
 ) -> ScoreBaseline:

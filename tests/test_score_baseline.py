@@ -65,6 +65,22 @@ def random_model():
     return STPM(ModelConfig(image_size=64, teacher_weights="random")).eval()
 
 
+def test_fit_builds_no_autograd_graph(random_model, monkeypatch) -> None:
+    """The fit runs the student over every training image: without no_grad it would keep each
+    batch's autograd graph (the student's weights require grad)."""
+    grad_enabled = []
+    real = random_model.scored_grid_map
+
+    def spy(x):
+        grad_enabled.append(torch.is_grad_enabled())
+        return real(x)
+
+    monkeypatch.setattr(random_model, "scored_grid_map", spy)
+    rgb = np.random.default_rng(2).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    sb.fit_score_baseline(random_model, rgb, batch_size=2)
+    assert grad_enabled == [False, False]
+
+
 def test_fit_is_the_per_position_max_of_the_scored_map(random_model) -> None:
     from stpm_edge.runtime.image import normalize
 
